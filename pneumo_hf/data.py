@@ -1,0 +1,197 @@
+"""Data: a Hub data set (or a local copy of one) or an image folder → undecoded `datasets.Dataset`s,
+a patient-grouped stratified validation split, class weights, and the one transform builder.
+
+    from pneumo_hf.data import load_splits
+    train, validation = load_splits(train_dir="../shared/data/chest_xray_224/train", seed=42)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import datasets
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedGroupKFold
+from torchvision.transforms import InterpolationMode, v2
+
+from .hub import hub_reachable
+from .imaging import ImageError, load_image
+from .labels import LABELS
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DataError",
+    "patient_id",
+    "load_splits",
+    "split_by_patient",
+    "class_weights",
+    "build_transform",
+    "XrayDataset",
+    "collate",
+]
+
+_PATIENT_PATTERNS = (
+    re.compile(r"(person\d+)_"),  # personN_bacteria_M.jpeg
+    re.compile(r"((?:NORMAL2-)?IM-\d{4})-"),  # IM-XXXX-YYYY.jpeg, NORMAL2-IM-XXXX-YYYY.jpeg
+)
+
+
+class DataError(ValueError):
+    """A data set that cannot be used; the message names the flag or folder to fix."""
+
+
+def patient_id(filename: str) -> str:
+    """The patient a Kermany file name belongs to (`person12_virus_3.jpeg` → `person12`); other names are their own group."""
+    name = Path(filename).name
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(name)
+        if match:
+            return match.group(1)
+    return name
+
+
+def load_splits(
+    dataset_name: Optional[str] = None,
+    train_dir: Optional[str] = None,
+    validation_dir: Optional[str] = None,
+    validation_fraction: float = 0.15,
+    seed: int = 42,
+    max_samples: Optional[int] = None,
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Train and validation splits with columns `image` (undecoded), `label` and `patient`.
+
+    Validation comes from `validation_dir` when given, else it is carved from train by patient."""
+    if dataset_name:
+        train = _load_hub_dataset(dataset_name)
+    elif train_dir:
+        train = _load_image_folder(train_dir, "--train_dir")
+    else:
+        raise DataError("No data given: pass --dataset_name (a Hub id or a local copy) or --train_dir (an image folder).")
+    if max_samples:
+        train = train.shuffle(seed=seed).select(range(min(max_samples, len(train))))
+    if validation_dir:
+        return train, _load_image_folder(validation_dir, "--validation_dir")
+    return split_by_patient(train, validation_fraction, seed)
+
+
+def _load_hub_dataset(name: str) -> datasets.Dataset:
+    if not Path(name).exists() and not hub_reachable():
+        raise DataError(f"--dataset_name {name}: not a local folder, and the Hub is not reachable; pass a local copy of the data set repo or --train_dir.")
+    try:
+        loaded = datasets.load_dataset(name, split="train")
+    except FileNotFoundError as error:
+        raise DataError(f"Data set {name!r} not found ({error}); pass a Hub id, a local copy of a Hub data set repo, or use --train_dir.") from None
+    except (ConnectionError, OSError) as error:
+        raise DataError(f"Could not reach the Hub for data set {name!r} ({type(error).__name__}); use a local copy via --dataset_name PATH or --train_dir.") from None
+    missing = {"image", "label"} - set(loaded.column_names)
+    if missing:
+        raise DataError(f"Data set {name!r} lacks the column(s) {sorted(missing)}; it needs `image` and `label`.")
+    _check_label_names(loaded, f"--dataset_name {name}")
+    return _with_patients(loaded)
+
+
+def _load_image_folder(folder: str, flag: str) -> datasets.Dataset:
+    path = Path(folder)
+    if not path.is_dir():
+        raise DataError(f"{flag} {folder}: no such folder; give a folder with NORMAL/ and PNEUMONIA/ subfolders.")
+    found = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if [name for name in found if name in LABELS] != list(LABELS):
+        raise DataError(f"{flag} {folder} must hold the subfolders {list(LABELS)}; it holds {found or 'none'}.")
+    try:
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+    except (FileNotFoundError, ValueError) as error:
+        raise DataError(f"{flag} {folder} holds no readable image files ({error}).") from None
+    if len(loaded) == 0:
+        raise DataError(f"{flag} {folder} holds no image files.")
+    _check_label_names(loaded, f"{flag} {folder}")
+    return _with_patients(loaded)
+
+
+def _check_label_names(dataset: datasets.Dataset, source: str) -> None:
+    names = tuple(dataset.features["label"].names)
+    if names != LABELS:
+        raise DataError(f"{source} has labels {names}; this project needs exactly {LABELS}.")
+
+
+def _with_patients(dataset: datasets.Dataset) -> datasets.Dataset:
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    patients = [patient_id(image["path"] or f"row{i}") for i, image in enumerate(dataset["image"])]
+    return dataset.add_column("patient", patients)
+
+
+def split_by_patient(dataset: datasets.Dataset, validation_fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """A stratified split with every patient on one side only, the same for the same `seed`."""
+    if not 0.0 < validation_fraction < 0.5:
+        raise DataError(f"--validation_fraction {validation_fraction} must lie between 0 and 0.5.")
+    n_splits = max(2, round(1.0 / validation_fraction))
+    labels = np.asarray(dataset["label"])
+    if np.bincount(labels, minlength=len(LABELS)).min() < n_splits:
+        raise DataError(f"Too few images of one class ({np.bincount(labels, minlength=len(LABELS)).tolist()}) to carve a validation split; add data or pass --validation_dir.")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train_index, validation_index = next(folds.split(np.zeros(len(labels)), labels, groups=dataset["patient"]))
+    return dataset.select(train_index), dataset.select(validation_index)
+
+
+def class_weights(labels: Sequence[int]) -> torch.Tensor:
+    """Weights n / (K · n_c), so that each class carries the same total weight in the loss."""
+    counts = np.bincount(np.asarray(labels), minlength=len(LABELS)).astype(np.float64)
+    if (counts == 0).any():
+        raise DataError(f"The training split has no images of {[LABELS[i] for i in np.flatnonzero(counts == 0)]}.")
+    return torch.tensor(counts.sum() / (len(LABELS) * counts), dtype=torch.float32)
+
+
+def build_transform(data_config: dict[str, Any], train: bool = False, aug_strength: float = 1.0) -> v2.Compose:
+    """The one preprocessing used by training, evaluation, inference and Grad-CAM.
+
+    Grey → 3 channels, resize to the model's input size (aspect not kept, as in the training data),
+    normalise with the model's mean/std. Training adds radiograph-safe augmentation scaled by `aug_strength`."""
+    height, width = data_config["input_size"][-2:]
+    interpolation = InterpolationMode(data_config.get("interpolation", "bilinear"))
+    steps: list[Any] = [v2.ToImage(), v2.Grayscale(num_output_channels=3), v2.Resize((height, width), interpolation=interpolation, antialias=True)]
+    if train and aug_strength > 0:
+        s = aug_strength
+        steps += [
+            v2.RandomAffine(degrees=10 * s, translate=(0.06 * s, 0.06 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s), interpolation=InterpolationMode.BILINEAR),
+            v2.ColorJitter(brightness=0.2 * s, contrast=0.2 * s),
+        ]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"]))]
+    return v2.Compose(steps)
+
+
+class XrayDataset(torch.utils.data.Dataset):
+    """Decodes rows of an undecoded `datasets.Dataset` through `pneumo_hf.imaging`; unreadable rows yield None."""
+
+    def __init__(self, dataset: datasets.Dataset, transform: v2.Compose):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Optional[dict[str, Any]]:
+        row = self.dataset[index]
+        image = row["image"]
+        try:
+            pixels = self.transform(load_image(image["bytes"] or image["path"]))
+        except ImageError as error:
+            logger.warning("Skipping unreadable training image %s: %s", image.get("path") or f"row {index}", error)
+            return None
+        return {"pixel_values": pixels, "labels": row["label"]}
+
+
+def collate(rows: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
+    """Stack the readable rows; `n_skipped` counts the unreadable ones so the loop can report them."""
+    kept = [row for row in rows if row is not None]
+    if not kept:
+        return {"pixel_values": torch.empty(0), "labels": torch.empty(0, dtype=torch.long), "n_skipped": len(rows)}
+    return {
+        "pixel_values": torch.stack([row["pixel_values"] for row in kept]),
+        "labels": torch.tensor([row["labels"] for row in kept], dtype=torch.long),
+        "n_skipped": len(rows) - len(kept),
+    }

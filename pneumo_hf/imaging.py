@@ -1,0 +1,175 @@
+"""Any upload (path, bytes, PIL image, numpy array; JPEG/PNG/WebP/BMP/TIFF/GIF or DICOM) → a clean RGB image.
+
+    from pneumo_hf.imaging import load_image
+    image = load_image("scan.dcm")        # PIL.Image in mode "RGB", EXIF orientation applied
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = 60_000_000
+MIN_SIDE = 16
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+__all__ = ["ImageError", "load_image", "xray_warnings", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
+
+
+class ImageError(ValueError):
+    """An input that cannot be read as an image; the message says what to do."""
+
+
+def load_image(source: ImageSource) -> Image.Image:
+    """Read `source` into an 8-bit RGB PIL image, or raise `ImageError` with a one-line reason."""
+    if isinstance(source, Image.Image):
+        image = _normalise(source)
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source)
+    else:
+        data = _read_bytes(source)
+        image = _from_dicom(data) if _is_dicom(data, source) else _from_encoded(data)
+    if min(image.size) < MIN_SIDE:
+        raise ImageError(f"The image is only {image.width}x{image.height} pixels; upload an X-ray at least {MIN_SIDE} pixels on each side.")
+    return image
+
+
+def _read_bytes(source: Union[str, os.PathLike, bytes]) -> bytes:
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"No file at {path}; check the path.")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageError(f"The file is {path.stat().st_size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit; upload a smaller export of the X-ray.")
+        data = path.read_bytes()
+    if not data:
+        raise ImageError("The file is empty (0 bytes); upload the X-ray again.")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"The file is {len(data) / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit; upload a smaller export of the X-ray.")
+    return data
+
+
+def _is_dicom(data: bytes, source: object) -> bool:
+    named_dicom = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in {".dcm", ".dicom"}
+    return data[128:132] == b"DICM" or named_dicom
+
+
+def _from_encoded(data: bytes) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_pixels(image.width, image.height)
+            image.seek(0)  # first frame of an animated GIF/WebP/TIFF
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"The image claims more than {MAX_PIXELS:,} pixels (a decompression bomb?); upload a normal-sized X-ray.") from None
+    except UnidentifiedImageError:
+        raise ImageError("This file is not an image we can read; upload a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM (.dcm) X-ray.") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"The image file is damaged or truncated ({error}); export the X-ray again.") from None
+    return _normalise(image)
+
+
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"The image is {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit; downscale it before uploading.")
+
+
+def _normalise(image: Image.Image) -> Image.Image:
+    """EXIF orientation, then any mode (16-bit, float, palette, RGBA, CMYK, 1-bit) → RGB."""
+    _check_pixels(image.width, image.height)
+    image = ImageOps.exif_transpose(image)
+    if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
+        return _from_array(np.asarray(image))
+    if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    """A 2-D (grey) or HxWx{1,3,4} array of any integer or float type → RGB."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(f"An array of shape {array.shape} is not an image; pass HxW (grey) or HxWx3 (RGB).")
+    _check_pixels(array.shape[1], array.shape[0])
+    if array.ndim == 3:
+        array = array[..., :3]
+    if array.dtype != np.uint8:
+        array = _to_uint8(array)
+    return Image.fromarray(array).convert("RGB")
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Integers scale by the smallest bit depth that holds their maximum (8-bit data stored as 16-bit
+    round-trips exactly); floats in [0, 1] scale by 255, other floats by their range."""
+    if np.issubdtype(array.dtype, np.integer) and array.min() >= 0:
+        bits = max(8, int(np.ceil(np.log2(int(array.max()) + 1))))
+        return np.round(array.astype(np.float64) * 255.0 / (2**bits - 1)).astype(np.uint8)
+    array = array.astype(np.float64)
+    low, high = float(np.nanmin(array)), float(np.nanmax(array))
+    if low >= 0.0 and high <= 1.0:
+        low, high = 0.0, 1.0
+    if high <= low:
+        return np.zeros(array.shape, np.uint8)
+    return np.round((np.nan_to_num(array, nan=low) - low) * 255.0 / (high - low)).astype(np.uint8)
+
+
+def _from_dicom(data: bytes) -> Image.Image:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as error:  # pydicom raises many types for damaged files
+        raise ImageError(f"This DICOM file cannot be read ({type(error).__name__}); export it again from the PACS.") from None
+    if "PixelData" not in dataset:
+        raise ImageError("This DICOM file holds no image (no Pixel Data element); upload the DICOM of the X-ray itself, not a report or structured document.")
+    rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    _check_pixels(columns, rows)
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:
+        raise ImageError(f"The DICOM pixels cannot be decoded ({error}); export it uncompressed or as PNG.") from None
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric.startswith("MONOCHROME"):
+        pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
+        if photometric == "MONOCHROME1":
+            pixels = 1.0 - pixels
+        return _from_array(pixels)
+    return _from_array(pixels)
+
+
+def xray_warnings(image: Image.Image) -> list[str]:
+    """Plain-words warnings when `image` does not look like a radiograph (colour, or a mostly white page).
+    A hand-written heuristic: radiographs are grey and mostly dark-to-mid toned."""
+    small = np.asarray(image.convert("RGB").resize((128, 128)), dtype=np.float64)
+    red, green, blue = small[..., 0], small[..., 1], small[..., 2]
+    rg, yb = red - green, 0.5 * (red + green) - blue
+    colourfulness = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
+    notes = []
+    if colourfulness > 15:
+        notes.append("This looks like a colour photo, not a chest X-ray: the result below is meaningless for it.")
+    if (small.mean(axis=2) > 235).mean() > 0.6:
+        notes.append("This looks like a document or a mostly blank image, not a chest X-ray: the result below is meaningless for it.")
+    return notes

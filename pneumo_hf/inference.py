@@ -1,0 +1,101 @@
+"""Prediction for one X-ray or a batch, with an optional Grad-CAM heatmap.
+
+    from pneumo_hf import load_predictor
+    predictor = load_predictor()                       # the model shipped in the package
+    pred = predictor.predict("scan.dcm", heatmap=True)
+    pred.label, pred.probabilities, pred.heatmap
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import build_transform
+from .imaging import ImageSource, load_image, xray_warnings
+from .labels import LABEL2ID, LABELS, POSITIVE_LABEL
+from .models import ModelError, PneumoniaClassifier
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MODEL_DIR", "Prediction", "Predictor", "load_predictor"]
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+
+
+@dataclass
+class Prediction:
+    """What the model says of one image."""
+
+    probabilities: dict[str, float]
+    label: str
+    threshold: float
+    image: Image.Image = field(repr=False)
+    heatmap: Optional[np.ndarray] = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Predictor:
+    """A loaded classifier with its preprocessing, threshold, temperature and Grad-CAM."""
+
+    def __init__(self, classifier: PneumoniaClassifier, source: str = ""):
+        self.classifier = classifier.eval()
+        self.source = source
+        self.transform = build_transform(classifier.data_config)
+        self._heatmaps = None
+        self._lock = threading.Lock()  # Grad-CAM hooks hold per-call state
+
+    @property
+    def threshold(self) -> float:
+        return self.classifier.threshold
+
+    def predict(self, source: ImageSource, heatmap: bool = False) -> Prediction:
+        """One image: a path (any image type or DICOM), bytes, a PIL image or a numpy array."""
+        return self.predict_batch([source], heatmap=heatmap)[0]
+
+    def predict_batch(self, sources: Sequence[ImageSource], heatmap: bool = False) -> list[Prediction]:
+        """Several images in one forward pass. Raises `ImageError` for the first unreadable one."""
+        images = [load_image(source) for source in sources]
+        pixel_values = torch.stack([self.transform(image) for image in images])
+        with self._lock:
+            with torch.inference_mode():
+                logits = self.classifier(pixel_values)
+            maps = self._heatmap_maker()(pixel_values) if heatmap else [None] * len(images)
+        scores = torch.softmax(logits.float() / self.classifier.temperature, dim=1).numpy()
+        return [self._prediction(image, score, cam) for image, score, cam in zip(images, scores, maps)]
+
+    def _prediction(self, image: Image.Image, scores: np.ndarray, cam: Optional[np.ndarray]) -> Prediction:
+        probabilities = {name: float(scores[i]) for i, name in enumerate(LABELS)}
+        positive = probabilities[POSITIVE_LABEL] >= self.threshold
+        label = POSITIVE_LABEL if positive else LABELS[1 - LABEL2ID[POSITIVE_LABEL]]
+        heatmap = None if cam is None else _resize(cam, image.size)
+        return Prediction(probabilities, label, self.threshold, image, heatmap, xray_warnings(image))
+
+    def _heatmap_maker(self):
+        if self._heatmaps is None:
+            from .cam import HeatmapMaker
+
+            self._heatmaps = HeatmapMaker(self.classifier)
+        return self._heatmaps
+
+
+def _resize(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    resized = np.asarray(Image.fromarray(cam, mode="F").resize(size, Image.BILINEAR), dtype=np.float32)
+    return np.clip(resized, 0.0, 1.0)
+
+
+def load_predictor(name_or_path: Union[str, os.PathLike, None] = None) -> Predictor:
+    """A predictor for a local model folder or a Hub repo id; with no argument, the model shipped in the package."""
+    if name_or_path is None:
+        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+            raise ModelError("No default model ships with this install; pass a model folder or Hub id, e.g. load_predictor('runs/b0'), or set PNEUMO_MODEL for the app.")
+        name_or_path = DEFAULT_MODEL_DIR
+    return Predictor(PneumoniaClassifier.from_pretrained(name_or_path), source=str(name_or_path))

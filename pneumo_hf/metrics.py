@@ -1,0 +1,132 @@
+"""Pure functions on arrays: metrics, threshold choice, temperature calibration, and their plots.
+
+    from pneumo_hf.metrics import classification_metrics
+    classification_metrics(labels, pneumonia_probabilities, threshold=0.5)   # flat dict, JSON-ready
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+from sklearn import metrics as skm
+
+from .labels import LABELS
+
+__all__ = [
+    "classification_metrics",
+    "expected_calibration_error",
+    "choose_threshold",
+    "fit_temperature",
+    "probabilities",
+    "plot_roc",
+    "plot_confusion",
+    "plot_history",
+]
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax of logits / temperature, shape (n, 2)."""
+    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+
+
+def classification_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
+    """Accuracy, precision, recall (sensitivity), specificity, F1, ROC-AUC, ECE and the confusion matrix
+    for PNEUMONIA scores decided at `threshold`."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    predicted = (scores >= threshold).astype(int)
+    (tn, fp), (fn, tp) = skm.confusion_matrix(labels, predicted, labels=[0, 1])
+    both_classes = len(np.unique(labels)) == 2
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "precision": float(skm.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(skm.recall_score(labels, predicted, zero_division=0)),
+        "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
+        "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(labels, scores)) if both_classes else float("nan"),
+        "ece": expected_calibration_error(labels, scores),
+        "threshold": float(threshold),
+        "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
+    }
+
+
+def expected_calibration_error(labels: Sequence[int], scores: Sequence[float], n_bins: int = 10) -> float:
+    """ECE of the predicted class's confidence over `n_bins` equal-width bins (scikit-learn has none)."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    predicted = (scores >= 0.5).astype(int)
+    confidence = np.where(predicted == 1, scores, 1.0 - scores)
+    correct = (predicted == labels).astype(np.float64)
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    error = 0.0
+    for b in np.unique(bins):
+        in_bin = bins == b
+        error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(error)
+
+
+def choose_threshold(labels: Sequence[int], scores: Sequence[float], min_sensitivity: float = 0.95) -> float:
+    """The threshold with the highest specificity among those that keep sensitivity ≥ `min_sensitivity`."""
+    fpr, tpr, thresholds = skm.roc_curve(labels, scores)
+    ok = np.flatnonzero(tpr >= min_sensitivity)
+    best = ok[np.argmin(fpr[ok])]  # roc_curve orders by falling threshold: the first minimum is the highest threshold
+    return float(min(thresholds[best], 1.0))
+
+
+def fit_temperature(logits: np.ndarray, labels: Sequence[int]) -> float:
+    """The temperature T > 0 that minimises the negative log-likelihood of softmax(logits / T)."""
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+
+    def nll(log_t: float) -> float:
+        return -log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean()
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(labels: Sequence[int], scores: Sequence[float], path: Path, title: str = "ROC") -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    skm.RocCurveDisplay.from_predictions(labels, scores, ax=ax, name=LABELS[1])
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(labels: Sequence[int], scores: Sequence[float], threshold: float, path: Path, title: str = "Confusion matrix") -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    predicted = (np.asarray(scores) >= threshold).astype(int)
+    skm.ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=[0, 1], display_labels=list(LABELS), ax=ax, colorbar=False)
+    ax.set_title(f"{title} (threshold {threshold:.3f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> None:
+    """Training curves: loss per epoch, and validation ROC-AUC."""
+    plt = _figure()
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(epochs, [row["train_loss"] for row in history], label="train")
+    left.plot(epochs, [row["validation_loss"] for row in history], label="validation")
+    left.set_xlabel("epoch"), left.set_ylabel("loss"), left.legend()
+    right.plot(epochs, [row["validation_roc_auc"] for row in history])
+    right.set_xlabel("epoch"), right.set_ylabel("validation ROC-AUC")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

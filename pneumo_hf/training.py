@@ -1,0 +1,323 @@
+"""The training run behind `train/train.py`: arguments, one Accelerate `prepare`, epochs, checkpoints,
+and the model folder at the end.
+
+    accelerate launch train/train.py --model_name_or_path efficientnet_b0 \
+        --train_dir ../shared/data/chest_xray_224/train --output_dir runs/b0 --num_train_epochs 1
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from . import metrics
+from .data import XrayDataset, build_transform, class_weights, collate, load_splits
+from .hub import push_folder, write_model_card
+from .models import PneumoniaClassifier, build_classifier
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainingArguments", "train", "evaluate", "make_loss"]
+
+LOSSES = ("weighted_ce", "ce", "focal")
+
+
+@dataclass
+class TrainingArguments:
+    """Flags of train/train.py; names follow transformers' run_image_classification_no_trainer.py."""
+
+    output_dir: str = field(metadata={"help": "Where the model folder, checkpoints and logs go."})
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hub data set id (hf-vision/chest-xray-pneumonia) or a local copy of one."})
+    train_dir: Optional[str] = field(default=None, metadata={"help": "An image folder with NORMAL/ and PNEUMONIA/ subfolders."})
+    validation_dir: Optional[str] = field(default=None, metadata={"help": "An image folder for validation; default: a patient-grouped split of train."})
+    validation_fraction: float = field(default=0.15, metadata={"help": "Share of train patients held out for validation."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only this many training images (quick runs)."})
+    model_name_or_path: str = field(default="efficientnet_b0", metadata={"help": "timm name (resnet50, efficientnet_b0, vit_small_patch16_224), transformers model type (vit), model folder or Hub id."})
+    pretrained: bool = field(default=False, metadata={"help": "Start from ImageNet weights from the Hub (needs the Hub); default: random init."})
+    config_overrides: Optional[str] = field(default=None, metadata={"help": "For a transformers model type: 'hidden_size=192,num_hidden_layers=12,...'."})
+    image_size: Optional[int] = field(default=None, metadata={"help": "Input side in pixels; default: the model's own."})
+    drop_rate: float = field(default=0.0, metadata={"help": "Dropout before the classifier (timm models)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
+    num_train_epochs: int = field(default=10, metadata={"help": "Epochs to train."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps spent on linear warm-up before the cosine decay."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches accumulated per optimizer step."})
+    mixed_precision: Optional[str] = field(default=None, metadata={"help": "no, fp16 or bf16; default: what `accelerate config` says."})
+    loss: str = field(default="weighted_ce", metadata={"help": "weighted_ce (class-weighted cross-entropy), ce or focal."})
+    focal_gamma: float = field(default=2.0, metadata={"help": "Focusing parameter of --loss focal."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy."})
+    aug_strength: float = field(default=1.0, metadata={"help": "Scale of rotation/shift/scale/brightness/contrast augmentation; 0 turns it off."})
+    dataloader_num_workers: int = field(default=2, metadata={"help": "Worker processes decoding images."})
+    seed: int = field(default=42, metadata={"help": "Seed for the split, the init and the data order."})
+    checkpointing_steps: Optional[str] = field(default="epoch", metadata={"help": "Save a resumable checkpoint every N optimizer steps, or 'epoch'."})
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep only this many newest checkpoints."})
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "A checkpoint folder, or 'latest'."})
+    early_stopping_patience: Optional[int] = field(default=None, metadata={"help": "Stop after this many epochs without a better validation ROC-AUC."})
+    min_sensitivity: float = field(default=0.95, metadata={"help": "The stored threshold is the most specific one keeping this sensitivity on validation."})
+    with_tracking: bool = field(default=False, metadata={"help": "Log metrics through Accelerate's trackers."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Tracker for --with_tracking (tensorboard, wandb, all)."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the model folder to --hub_model_id at the end."})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "ORG/NAME of the Hub model repo."})
+    hub_token: Optional[str] = field(default=None, metadata={"help": "Hub token; default: HF_TOKEN or the login cache."})
+
+    def __post_init__(self):
+        if not (self.dataset_name or self.train_dir):
+            raise ValueError("Pass --dataset_name (Hub id or local copy) or --train_dir (image folder with NORMAL/ and PNEUMONIA/).")
+        if self.dataset_name and self.train_dir:
+            raise ValueError("Pass only one of --dataset_name and --train_dir.")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss {self.loss!r}: choose one of {LOSSES}.")
+        if self.checkpointing_steps not in (None, "epoch") and not str(self.checkpointing_steps).isdigit():
+            raise ValueError(f"--checkpointing_steps {self.checkpointing_steps!r}: give a number of steps or 'epoch'.")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME.")
+        if not 0.5 <= self.min_sensitivity <= 1.0:
+            raise ValueError(f"--min_sensitivity {self.min_sensitivity}: give a value between 0.5 and 1.")
+        output = Path(self.output_dir)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / ".write_test").touch()
+            (output / ".write_test").unlink()
+        except OSError as error:
+            raise ValueError(f"--output_dir {self.output_dir} is not writable ({error.strerror}); choose another folder.") from None
+
+
+def make_loss(kind: str, weights: torch.Tensor, label_smoothing: float = 0.0, gamma: float = 2.0):
+    """The training loss: class-weighted cross-entropy, plain cross-entropy, or class-weighted focal loss."""
+    if kind == "ce":
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if kind == "weighted_ce":
+        return nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
+
+    def focal(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weighted = F.cross_entropy(logits, labels, weight=weights.to(logits.device), reduction="none", label_smoothing=label_smoothing)
+        p_true = torch.exp(-F.cross_entropy(logits, labels, reduction="none"))
+        return ((1.0 - p_true) ** gamma * weighted).mean()
+
+    return focal
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every image once, across all processes (`gather_for_metrics`)."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        logits = model(batch["pixel_values"])
+        logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+        all_logits.append(logits.cpu().numpy())
+        all_labels.append(labels.cpu().numpy())
+    return np.concatenate(all_logits), np.concatenate(all_labels)
+
+
+def _loaders(args: TrainingArguments, classifier: PneumoniaClassifier, train_set, validation_set):
+    loader_kwargs = {"collate_fn": collate, "num_workers": args.dataloader_num_workers, "persistent_workers": args.dataloader_num_workers > 0}
+    train_loader = torch.utils.data.DataLoader(
+        XrayDataset(train_set, build_transform(classifier.data_config, train=True, aug_strength=args.aug_strength)),
+        batch_size=args.per_device_train_batch_size, shuffle=True, **loader_kwargs,
+    )
+    validation_loader = torch.utils.data.DataLoader(
+        XrayDataset(validation_set, build_transform(classifier.data_config)), batch_size=args.per_device_eval_batch_size, **loader_kwargs
+    )
+    return train_loader, validation_loader
+
+
+@dataclass
+class _State:
+    """What a checkpoint needs beyond Accelerate's own state, saved as trainer_state.json."""
+
+    epoch: int = 0
+    batches_done: int = 0  # in `epoch`
+    completed_steps: int = 0
+    best_roc_auc: float = -1.0
+    epochs_without_improvement: int = 0
+    skipped_images: int = 0
+    history: list = field(default_factory=list)
+
+
+def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
+    """Run the whole training and write the model folder to `args.output_dir`; returns all_results."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=True, total_limit=args.checkpoints_total_limit),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    train_set, validation_set = load_splits(args.dataset_name, args.train_dir, args.validation_dir, args.validation_fraction, args.seed, args.max_train_samples)
+    weights = class_weights(train_set["label"])
+    logger.info("Train %d images (%d patients), validation %d images; class weights %s", len(train_set), len(set(train_set["patient"])), len(validation_set), weights.tolist())
+
+    classifier = build_classifier(args.model_name_or_path, args.pretrained, args.image_size, args.config_overrides, args.drop_rate)
+    if classifier.trained_from_scratch:
+        logger.warning("Training %s from random initialisation (no pretrained weights).", classifier.architecture)
+    train_loader, validation_loader = _loaders(args, classifier, train_set, validation_set)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    total_steps = args.num_train_epochs * steps_per_epoch
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+    model, optimizer, train_loader, validation_loader, scheduler = accelerator.prepare(classifier, optimizer, train_loader, validation_loader, scheduler)
+    criterion = make_loss(args.loss, weights.to(accelerator.device), args.label_smoothing, args.focal_gamma)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    total_steps = args.num_train_epochs * steps_per_epoch
+
+    state = _resume(accelerator, args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else _State()
+    if args.with_tracking:
+        accelerator.init_trackers("pneumo_hf", {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
+    progress = tqdm(total=total_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process, desc="train")
+    started = time.time()
+    for epoch in range(state.epoch, args.num_train_epochs):
+        train_loss = _train_one_epoch(args, accelerator, model, criterion, optimizer, scheduler, train_loader, state, epoch, progress)
+        logits, labels = evaluate(model, validation_loader, accelerator)
+        row = _epoch_summary(epoch, train_loss, logits, labels)
+        state.history.append(row)
+        accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+        if args.with_tracking:
+            accelerator.log(row, step=state.completed_steps)
+        improved = row["validation_roc_auc"] > state.best_roc_auc
+        state.best_roc_auc = max(state.best_roc_auc, row["validation_roc_auc"])
+        state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+        state.epoch, state.batches_done = epoch + 1, 0
+        if improved and accelerator.is_main_process:
+            accelerator.unwrap_model(model).save_pretrained(output_dir / "best_model")
+        if args.checkpointing_steps == "epoch":
+            _save_checkpoint(accelerator, state)
+        if args.early_stopping_patience and state.epochs_without_improvement >= args.early_stopping_patience:
+            logger.info("Early stopping: %d epochs without a better validation ROC-AUC.", state.epochs_without_improvement)
+            break
+    progress.close()
+    accelerator.wait_for_everyone()
+    results = _finish(args, accelerator, classifier, validation_loader, state, time.time() - started, command, len(train_set), weights)
+    if args.with_tracking:
+        accelerator.end_training()
+    return results
+
+
+def _train_one_epoch(args, accelerator, model, criterion, optimizer, scheduler, loader, state: _State, epoch: int, progress) -> float:
+    """One pass over the training data from where `state` says the run stopped; returns the mean loss."""
+    model.train()
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    active = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader
+    losses = []
+    for batch in active:
+        state.batches_done += 1
+        state.skipped_images += int(batch["n_skipped"])
+        if len(batch["labels"]) == 0:
+            continue
+        with accelerator.accumulate(model):
+            loss = criterion(model(batch["pixel_values"]).float(), batch["labels"])
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        losses.append(loss.detach().float().item())
+        if accelerator.sync_gradients:
+            state.completed_steps += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[-1]:.4f}")
+            if args.checkpointing_steps not in (None, "epoch") and state.completed_steps % int(args.checkpointing_steps) == 0:
+                _save_checkpoint(accelerator, state)
+    if state.skipped_images:
+        logger.warning("%d unreadable training images skipped so far.", state.skipped_images)
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _epoch_summary(epoch: int, train_loss: float, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    scores = metrics.probabilities(logits)[:, 1]
+    found = metrics.classification_metrics(labels, scores)
+    validation_loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long()))
+    return {"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss, "validation_roc_auc": found["roc_auc"], "validation_accuracy": found["accuracy"]}
+
+
+def _save_checkpoint(accelerator: Accelerator, state: _State) -> None:
+    folder = Path(accelerator.save_state())
+    if accelerator.is_main_process:
+        (folder / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
+
+
+def _resume(accelerator: Accelerator, checkpoint: str, output_dir: Path) -> _State:
+    if checkpoint == "latest":
+        found = sorted((output_dir / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
+        if not found:
+            raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {output_dir / 'checkpoints'}; start without the flag.")
+        checkpoint = str(found[-1])
+    path = Path(checkpoint)
+    if not (path / "trainer_state.json").is_file():
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: not a checkpoint folder of this trainer (no trainer_state.json).")
+    accelerator.load_state(str(path))
+    number = re.search(r"(\d+)$", path.name)
+    accelerator.project_configuration.iteration = int(number.group(1)) + 1 if number else 0
+    state = _State(**json.loads((path / "trainer_state.json").read_text()))
+    logger.info("Resumed from %s: epoch %d, batch %d, step %d.", path, state.epoch, state.batches_done, state.completed_steps)
+    return state
+
+
+def _finish(args, accelerator, classifier, validation_loader, state: _State, seconds: float, command: str, n_train: int, weights) -> dict[str, Any]:
+    """Best weights back, temperature and threshold fitted on validation, then the model folder."""
+    output_dir = Path(args.output_dir)
+    best = PneumoniaClassifier.from_pretrained(output_dir / "best_model")
+    accelerator.unwrap_model(classifier).load_state_dict(best.state_dict())
+    logits, labels = evaluate(classifier, validation_loader, accelerator)
+    if not accelerator.is_main_process:
+        return {}
+    classifier.temperature = metrics.fit_temperature(logits, labels)
+    scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
+    classifier.threshold = metrics.choose_threshold(labels, scores, args.min_sensitivity)
+    found = metrics.classification_metrics(labels, scores, classifier.threshold)
+    classifier.save_pretrained(output_dir)
+    metrics.plot_roc(labels, scores, output_dir / "roc_curve.png", "Validation ROC")
+    metrics.plot_confusion(labels, scores, classifier.threshold, output_dir / "confusion_matrix.png", "Validation")
+    metrics.plot_history(state.history, output_dir / "training_curves.png")
+    results = {
+        **{f"validation_{k}": v for k, v in found.items()},
+        "temperature": classifier.temperature,
+        "epochs_run": len(state.history),
+        "train_images": n_train,
+        "skipped_images": state.skipped_images,
+        "train_seconds": seconds,
+        "trained_from_scratch": classifier.trained_from_scratch,
+    }
+    (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+    (output_dir / "training_args.json").write_text(json.dumps(asdict(args), indent=2))
+    summary = {
+        "validation": found,
+        "family": classifier.family,
+        "architecture": classifier.architecture,
+        "trained_from_scratch": classifier.trained_from_scratch,
+        "threshold_rule": f"the most specific threshold that keeps validation sensitivity ≥ {args.min_sensitivity}",
+        "temperature": classifier.temperature,
+        "input_size": list(classifier.data_config["input_size"]),
+        "mean": list(classifier.data_config["mean"]),
+        "std": list(classifier.data_config["std"]),
+        "loss": args.loss,
+        "class_weights": [round(w, 3) for w in weights.tolist()],
+        "epochs_run": len(state.history),
+        "train_images": n_train,
+        "train_seconds": seconds,
+        "command": command,
+    }
+    write_model_card(output_dir, summary, args.hub_model_id)
+    logger.info("Model folder written to %s (validation ROC-AUC %.4f, threshold %.4f).", output_dir, found["roc_auc"], classifier.threshold)
+    if args.push_to_hub:
+        push_folder(output_dir, args.hub_model_id, args.hub_token)
+    return results
