@@ -29,6 +29,7 @@ __all__ = [
     "DataError",
     "patient_id",
     "load_splits",
+    "load_evaluation_set",
     "split_by_patient",
     "class_weights",
     "build_transform",
@@ -80,11 +81,22 @@ def load_splits(
     return split_by_patient(train, validation_fraction, seed)
 
 
-def _load_hub_dataset(name: str) -> datasets.Dataset:
+def load_evaluation_set(dataset_name: Optional[str] = None, split: str = "test", data_dir: Optional[str] = None) -> datasets.Dataset:
+    """A labelled split to measure a model on: `split` of a Hub data set (or local copy), or an image folder."""
+    if data_dir:
+        return _load_image_folder(data_dir, "--data_dir")
+    if dataset_name:
+        return _load_hub_dataset(dataset_name, split)
+    raise DataError("Pass --dataset_name NAME --split test, or --data_dir FOLDER.")
+
+
+def _load_hub_dataset(name: str, split: str = "train") -> datasets.Dataset:
     if not Path(name).exists() and not hub_reachable():
         raise DataError(f"--dataset_name {name}: not a local folder, and the Hub is not reachable; pass a local copy of the data set repo or --train_dir.")
     try:
-        loaded = datasets.load_dataset(name, split="train")
+        loaded = datasets.load_dataset(name, split=split)
+    except ValueError as error:  # an unknown split
+        raise DataError(f"Data set {name!r} has no split {split!r} ({error}).") from None
     except FileNotFoundError as error:
         raise DataError(f"Data set {name!r} not found ({error}); pass a Hub id, a local copy of a Hub data set repo, or use --train_dir.") from None
     except (ConnectionError, OSError) as error:

@@ -76,6 +76,7 @@ class PneumoniaClassifier(nn.Module):
         if self.family == "timm":
             data_config = {key: self.data_config[key] for key in ("input_size", "mean", "std", "interpolation")}
             timm.models.save_for_hf(backbone, folder, model_config={"label_names": list(LABELS), **extras}, data_config=data_config, safe_serialization=True)
+            _drop_num_classes_from_model_args(folder / "config.json")
             return
         from transformers import ViTImageProcessor
 
@@ -110,6 +111,14 @@ class PneumoniaClassifier(nn.Module):
         size = processor.size
         data_config = {"input_size": (3, size["height"], size["width"]), "mean": tuple(processor.image_mean), "std": tuple(processor.image_std), "interpolation": "bilinear"}
         return cls(backbone, "transformers", data_config, **extras)
+
+
+def _drop_num_classes_from_model_args(config_path: Path) -> None:
+    """transformers' TimmWrapper passes num_classes itself and fails when model_args repeats it;
+    timm reads it from the top-level `num_classes` as well, so the copy in model_args is redundant."""
+    config = json.loads(config_path.read_text())
+    config.get("model_args", {}).pop("num_classes", None)
+    config_path.write_text(json.dumps(config, indent=2))
 
 
 def _half_copy(backbone: nn.Module) -> nn.Module:

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny generated X-ray-like images, image folders, DICOM files and model folders."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(1)  # small tests; leave the other core to whatever else runs
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray_224" / "train"
+TINY_VIT = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"
+
+
+def xray_like(seed: int, size=(48, 40), pneumonia: bool = False) -> np.ndarray:
+    """A grey HxW uint8 image: two dark 'lungs' on a bright body, hazier when `pneumonia`."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.full(size, 170.0)
+    for cx in (width * 0.3, width * 0.7):
+        lung = ((xx - cx) / (width * 0.17)) ** 2 + ((yy - height * 0.5) / (height * 0.33)) ** 2 < 1
+        image[lung] = 120.0 if pneumonia else 40.0
+    image += rng.normal(0, 12, size)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", slope: float = 1.0, intercept: float = 0.0, with_pixels: bool = True) -> bytes:
+    """A minimal valid DICOM file (explicit VR little endian) holding `pixels` (uint8 or uint16)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "CR"
+    if with_pixels:
+        bits = 16 if pixels.dtype == np.uint16 else 8
+        dataset.Rows, dataset.Columns = pixels.shape
+        dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
+        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = bits, bits, bits - 1, 0
+        dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
+        dataset.PixelData = pixels.tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def write_image_folder(root: Path, per_class: int = 12, size=(48, 40)) -> Path:
+    """NORMAL/ and PNEUMONIA/ with Kermany-style names, two images per patient."""
+    for label, pneumonia in (("NORMAL", False), ("PNEUMONIA", True)):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            patient = i // 2
+            name = f"person{patient}_bacteria_{i}.jpeg" if pneumonia else f"IM-{patient:04d}-{i:04d}.jpeg"
+            Image.fromarray(xray_like(1000 * pneumonia + i, size, pneumonia)).save(root / label / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("xrays") / "train")
+
+
+@pytest.fixture(scope="session")
+def trained_folder(tmp_path_factory, image_folder) -> Path:
+    """A model folder written by a real two-epoch training run on the tiny images."""
+    from pneumo_hf.training import TrainingArguments, train
+
+    output = tmp_path_factory.mktemp("runs") / "tiny"
+    args = TrainingArguments(
+        output_dir=str(output), train_dir=str(image_folder), model_name_or_path="resnet18", image_size=32,
+        num_train_epochs=2, per_device_train_batch_size=8, dataloader_num_workers=0, validation_fraction=0.25,
+    )
+    train(args, command="pytest")
+    return output

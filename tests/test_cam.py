@@ -1,0 +1,36 @@
+"""Grad-CAM for each family: the right shape, the [0, 1] range, at the input's size."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_VIT, xray_like
+from pneumo_hf.cam import HeatmapMaker, overlay
+from pneumo_hf.inference import Predictor
+from pneumo_hf.models import build_classifier
+
+FAMILIES = [
+    ("resnet18", {}),
+    ("efficientnet_b0", {}),
+    ("vit_tiny_patch16_224", {}),
+    ("vit", {"config_overrides": TINY_VIT}),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", FAMILIES)
+def test_heatmap_shape_and_range_for_each_family(name, kwargs):
+    model = build_classifier(name, image_size=64, **kwargs).eval()
+    maps = HeatmapMaker(model)(torch.randn(3, 3, 64, 64))
+    assert maps.shape == (3, 64, 64) and maps.dtype == np.float32
+    assert maps.min() >= 0.0 and maps.max() <= 1.0  # an untrained model may give an all-zero map
+
+
+@pytest.mark.parametrize("name, kwargs", FAMILIES[::3])
+def test_prediction_heatmap_has_the_input_size(name, kwargs):
+    predictor = Predictor(build_classifier(name, image_size=64, **kwargs))
+    image = xray_like(0, (150, 110), pneumonia=True)
+    prediction = predictor.predict(image, heatmap=True)
+    assert prediction.heatmap.shape == (150, 110)
+    assert 0.0 <= prediction.heatmap.min() and prediction.heatmap.max() <= 1.0
+    blended = overlay(prediction.image, prediction.heatmap)
+    assert blended.size == (110, 150) and blended.mode == "RGB"

@@ -1,0 +1,157 @@
+"""Every odd upload either becomes the same clean RGB image or a clear ImageError."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_dicom, xray_like
+from pneumo_hf.imaging import MAX_FILE_BYTES, ImageError, load_image, xray_warnings
+
+GREY = xray_like(0, (64, 48))
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def grey_of(image: Image.Image) -> np.ndarray:
+    assert image.mode == "RGB"
+    return np.asarray(image.convert("L"), dtype=np.int16)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "WEBP"])
+def test_lossless_formats_give_the_same_pixels(fmt):
+    kwargs = {"lossless": True} if fmt == "WEBP" else {}
+    assert np.array_equal(grey_of(load_image(encode(Image.fromarray(GREY), fmt, **kwargs))), GREY)
+
+
+def test_jpeg_path_and_pil_and_array_agree(tmp_path):
+    path = tmp_path / "x.jpeg"
+    Image.fromarray(GREY).save(path, quality=95)
+    from_path = grey_of(load_image(path))
+    assert np.array_equal(from_path, grey_of(load_image(path.read_bytes())))
+    assert np.array_equal(from_path, grey_of(load_image(Image.open(path))))
+    assert np.abs(from_path - GREY).mean() < 3
+
+
+def test_16_bit_png_matches_8_bit():
+    sixteen = Image.fromarray(GREY.astype(np.uint16) * 257)
+    assert np.array_equal(grey_of(load_image(encode(sixteen, "PNG"))), GREY)
+
+
+def test_12_bit_array_scales_to_full_range():
+    image = load_image((GREY.astype(np.uint16) * 16))  # 12-bit data stored in uint16
+    assert np.abs(grey_of(image) - GREY).max() <= 1
+
+
+def test_float_array_in_unit_range():
+    assert np.abs(grey_of(load_image(GREY / 255.0)) - GREY).max() <= 1
+
+
+def test_palette_rgba_and_cmyk():
+    palette = Image.fromarray(GREY).convert("P")
+    assert np.abs(grey_of(load_image(encode(palette, "PNG"))) - GREY).max() <= 2
+    rgba = Image.fromarray(GREY).convert("RGBA")
+    assert np.array_equal(grey_of(load_image(encode(rgba, "PNG"))), GREY)
+    cmyk = Image.fromarray(GREY).convert("RGB").convert("CMYK")
+    assert np.abs(grey_of(load_image(encode(cmyk, "JPEG", quality=95))) - GREY).mean() < 4
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    image = load_image(encode(Image.fromarray(GREY), "JPEG", exif=exif, quality=95))
+    assert image.size == (GREY.shape[0], GREY.shape[1])
+    assert np.abs(grey_of(image) - np.rot90(GREY, k=-1)).mean() < 3
+
+
+def test_animated_gif_takes_first_frame():
+    frames = [Image.fromarray(GREY), Image.fromarray(255 - GREY)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert np.abs(grey_of(load_image(data)) - GREY).max() <= 8
+
+
+def test_dicom_monochrome2_and_monochrome1_and_rescale():
+    plain = grey_of(load_image(make_dicom(GREY)))
+    assert np.abs(plain - (GREY - GREY.min()) * 255.0 / (GREY.max() - GREY.min())).max() <= 1
+    inverted = grey_of(load_image(make_dicom(255 - GREY, photometric="MONOCHROME1")))
+    assert np.abs(inverted - plain).max() <= 1
+    rescaled = grey_of(load_image(make_dicom(GREY.astype(np.uint16) * 16, slope=0.5, intercept=-1024)))
+    assert np.abs(rescaled - plain).max() <= 1
+
+
+def test_dicom_by_extension_without_preamble(tmp_path):
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(make_dicom(GREY))
+    assert load_image(path).size == (GREY.shape[1], GREY.shape[0])
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"hello, this is text\n" * 20, "not an image"),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n", "not an image"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "not an image"),
+        (b"PK\x03\x04" + b"\0" * 100, "not an image"),
+    ],
+)
+def test_non_images_are_refused(data, message):
+    with pytest.raises(ImageError, match=message):
+        load_image(data)
+
+
+def test_truncated_jpeg_is_refused():
+    data = encode(Image.fromarray(xray_like(1, (256, 256))), "JPEG")
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        load_image(data[: len(data) // 3])
+
+
+def test_dicom_without_pixels_is_refused():
+    with pytest.raises(ImageError, match="no image"):
+        load_image(make_dicom(GREY, with_pixels=False))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    with pytest.raises(ImageError, match="pixel"):
+        load_image(png_claiming(100_000, 100_000))
+
+
+def test_oversized_file_and_tiny_image_are_refused(tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(ImageError, match="MB limit"):
+        load_image(big)
+    with pytest.raises(ImageError, match="at least"):
+        load_image(encode(Image.new("L", (1, 1)), "PNG"))
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ImageError, match="No file"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_warnings_for_colour_photos_and_documents_not_xrays():
+    assert xray_warnings(load_image(GREY)) == []
+    rng = np.random.default_rng(0)
+    colour = np.zeros((64, 64, 3), np.uint8)
+    colour[..., 0], colour[..., 1], colour[..., 2] = 200, rng.integers(0, 255, (64, 64)), 30
+    assert "colour photo" in xray_warnings(load_image(colour))[0]
+    page = np.full((64, 64), 250, np.uint8)
+    page[10:12, 5:60] = 0
+    assert "document" in xray_warnings(load_image(page))[0]

@@ -1,0 +1,45 @@
+"""Metrics against scikit-learn on hand-made arrays; threshold rule; calibration."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from pneumo_hf.metrics import choose_threshold, classification_metrics, expected_calibration_error, fit_temperature, probabilities
+
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+SCORES = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9, 0.6, 0.2, 0.95, 0.55])
+
+
+def test_metrics_match_scikit_learn():
+    found = classification_metrics(LABELS, SCORES, threshold=0.5)
+    predicted = SCORES >= 0.5
+    assert found["accuracy"] == pytest.approx(skm.accuracy_score(LABELS, predicted))
+    assert found["precision"] == pytest.approx(skm.precision_score(LABELS, predicted))
+    assert found["recall"] == pytest.approx(5 / 6)
+    assert found["specificity"] == pytest.approx(3 / 4)
+    assert found["f1"] == pytest.approx(skm.f1_score(LABELS, predicted))
+    assert found["roc_auc"] == pytest.approx(skm.roc_auc_score(LABELS, SCORES))
+    assert found["confusion_matrix"] == [[3, 1], [1, 5]]
+    assert found["n"] == 10
+
+
+def test_expected_calibration_error_by_hand():
+    # two bins: confidence 0.9 with 100% right, confidence 0.6 with 50% right
+    labels = np.array([1, 1, 1, 0])
+    scores = np.array([0.9, 0.9, 0.6, 0.6])
+    assert expected_calibration_error(labels, scores) == pytest.approx(0.5 * 0.1 + 0.5 * 0.1)
+
+
+def test_threshold_is_most_specific_with_required_sensitivity():
+    threshold = choose_threshold(LABELS, SCORES, min_sensitivity=0.8)
+    found = classification_metrics(LABELS, SCORES, threshold)
+    assert found["recall"] >= 0.8
+    assert threshold == pytest.approx(0.55)  # 0.6 would drop sensitivity to 4/6
+    assert classification_metrics(LABELS, SCORES, choose_threshold(LABELS, SCORES, 1.0))["recall"] == 1.0
+
+
+def test_temperature_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, (4000, 2))
+    labels = (rng.random(4000) < probabilities(true_logits)[:, 1]).astype(int)
+    assert fit_temperature(true_logits * 3.0, labels) == pytest.approx(3.0, rel=0.15)

@@ -1,0 +1,72 @@
+"""Building every family, the model folder round trip, and loading it with plain timm and transformers."""
+
+import json
+
+import pytest
+import timm
+import torch
+
+from conftest import TINY_VIT
+from pneumo_hf.labels import LABELS
+from pneumo_hf.models import ModelError, PneumoniaClassifier, build_classifier
+
+
+def test_unknown_model_name_suggests_timm_names():
+    with pytest.raises(ModelError, match="Unknown model 'resnet5o'"):
+        build_classifier("resnet5o")
+
+
+def test_pretrained_without_hub_names_the_flag(monkeypatch):
+    monkeypatch.setattr("pneumo_hf.models.hub_reachable", lambda: False)
+    with pytest.raises(ModelError, match="drop --pretrained"):
+        build_classifier("resnet18", pretrained=True)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("resnet18", {"image_size": 32}),
+    ("vit_tiny_patch16_224", {"image_size": 32}),
+    ("vit", {"image_size": 32, "config_overrides": TINY_VIT}),
+])
+def test_save_load_round_trip_keeps_labels_threshold_and_outputs(tmp_path, name, kwargs):
+    model = build_classifier(name, **kwargs).eval()
+    model.threshold, model.temperature = 0.37, 1.8
+    model.save_pretrained(tmp_path)
+    loaded = PneumoniaClassifier.from_pretrained(tmp_path).eval()
+    config = json.loads((tmp_path / "config.json").read_text())
+    names = config["label_names"] if "label_names" in config else [config["id2label"][str(i)] for i in range(2)]
+    assert tuple(names) == LABELS
+    assert (loaded.threshold, loaded.temperature, loaded.family) == (0.37, 1.8, model.family)
+    assert loaded.data_config["input_size"][-2:] == (32, 32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x), atol=1e-5)
+    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
+
+
+def test_half_storage_matches_full_precision(tmp_path):
+    model = build_classifier("resnet18", image_size=32).eval()
+    model.save_pretrained(tmp_path, half=True)
+    loaded = PneumoniaClassifier.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(model(x), 1), torch.softmax(loaded(x), 1), atol=1e-3)
+
+
+def test_timm_folder_loads_with_plain_timm_and_transformers(tmp_path):
+    from transformers import TimmWrapperForImageClassification
+
+    model = build_classifier("resnet18", image_size=32).eval()
+    model.save_pretrained(tmp_path)
+    x = torch.randn(1, 3, 32, 32)
+    plain_timm = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    wrapped = TimmWrapperForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.allclose(plain_timm(x), expected, atol=1e-5)
+        assert torch.allclose(wrapped(pixel_values=x).logits, expected, atol=1e-5)
+    assert [wrapped.config.id2label[i] for i in range(2)] == list(LABELS)
+
+
+def test_folder_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        PneumoniaClassifier.from_pretrained(tmp_path)

@@ -1,0 +1,117 @@
+"""Training end to end on tiny generated images: the model folder, resume, the CLI's errors, the push."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import REAL_DATA, TINY_VIT
+from pneumo_hf import load_predictor
+from pneumo_hf.hub import HubError, push_folder
+from pneumo_hf.labels import LABELS
+from pneumo_hf.training import TrainingArguments, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(output, image_folder, **overrides) -> TrainingArguments:
+    values = dict(
+        output_dir=str(output), train_dir=str(image_folder), model_name_or_path="resnet18", image_size=32,
+        num_train_epochs=2, per_device_train_batch_size=6, dataloader_num_workers=0, validation_fraction=0.25,
+    )
+    return TrainingArguments(**{**values, **overrides})
+
+
+def test_training_writes_a_complete_loadable_model_folder(trained_folder, image_folder):
+    for name in ("config.json", "model.safetensors", "README.md", "all_results.json", "training_args.json", "roc_curve.png", "confusion_matrix.png", "training_curves.png"):
+        assert (trained_folder / name).is_file(), name
+    config = json.loads((trained_folder / "config.json").read_text())
+    assert tuple(config["label_names"]) == LABELS
+    assert 0.0 < config["decision_threshold"] <= 1.0 and config["calibration_temperature"] > 0
+    assert config["trained_from_scratch"] is True
+    results = json.loads((trained_folder / "all_results.json").read_text())
+    assert results["epochs_run"] == 2 and results["validation_n"] == 6
+    card = (trained_folder / "README.md").read_text()
+    assert "model-index" in card and "random initialisation" in card and "Not a medical device" in card
+    prediction = load_predictor(trained_folder).predict(next((image_folder / "PNEUMONIA").iterdir()))
+    assert set(prediction.probabilities) == set(LABELS)
+    assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5
+
+
+def test_transformers_vit_trains_end_to_end(tmp_path, image_folder):
+    results = train(tiny_args(tmp_path, image_folder, model_name_or_path="vit", config_overrides=TINY_VIT, num_train_epochs=1))
+    assert results["epochs_run"] == 1
+    assert (tmp_path / "preprocessor_config.json").is_file()
+    assert load_predictor(tmp_path).classifier.family == "transformers"
+
+
+def test_resume_mid_epoch_continues_the_same_run(tmp_path, image_folder):
+    """Stop after step 2 of epoch 0, resume: the weights end as in an uninterrupted run.
+    (Augmentation off: its random draws after a resume are not those of the uninterrupted run.)"""
+    whole = tmp_path / "whole"
+    train(tiny_args(whole, image_folder, checkpointing_steps="2", checkpoints_total_limit=10, loss="focal", aug_strength=0.0))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole / "checkpoints" / "checkpoint_0", resumed / "checkpoints" / "checkpoint_0")
+    state = json.loads((resumed / "checkpoints" / "checkpoint_0" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_done"], state["completed_steps"]) == (0, 2, 2)
+    train(tiny_args(resumed, image_folder, checkpointing_steps="2", checkpoints_total_limit=10, loss="focal", aug_strength=0.0, resume_from_checkpoint="latest"))
+    expected, found = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name, tensor in expected.items():
+        assert (found[name] - tensor).abs().max() < 1e-5, name
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train" / "train.py"), *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train_dir", "/nonexistent"], "no such folder"),
+    (["--model_name_or_path", "resnet5o"], "Unknown model"),
+    (["--loss", "hinge"], "--loss 'hinge'"),
+])
+def test_cli_bad_input_is_one_clear_line(tmp_path, image_folder, flags, message):
+    base = {"--train_dir": str(image_folder), "--output_dir": str(tmp_path / "out"), "--image_size": "32"}
+    for flag, value in zip(flags[::2], flags[1::2]):
+        base[flag] = value
+    result = run_cli(*[item for pair in base.items() for item in pair])
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_unwritable_output_dir(tmp_path, image_folder):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli("--train_dir", str(image_folder), "--output_dir", str(blocker / "out"))
+    assert result.returncode == 1 and "not writable" in result.stderr
+
+
+def test_push_calls_create_repo_then_upload_folder(monkeypatch, trained_folder):
+    calls = []
+    monkeypatch.setattr("pneumo_hf.hub.hub_reachable", lambda: True)
+    monkeypatch.setattr("pneumo_hf.hub.create_repo", lambda repo_id, **kw: calls.append(("create", repo_id, kw["exist_ok"])) or type("Url", (), {"repo_id": repo_id})())
+    monkeypatch.setattr("pneumo_hf.hub.upload_folder", lambda **kw: calls.append(("upload", kw["repo_id"], kw["folder_path"])))
+    push_folder(trained_folder, "org/tiny", token="secret")
+    assert calls == [("create", "org/tiny", True), ("upload", "org/tiny", str(trained_folder))]
+
+
+def test_failed_push_keeps_the_folder_and_says_so(monkeypatch, trained_folder):
+    monkeypatch.setattr("pneumo_hf.hub.hub_reachable", lambda: False)
+    before = sorted(p.name for p in trained_folder.iterdir())
+    with pytest.raises(HubError, match="stays in"):
+        push_folder(trained_folder, "org/tiny", token="secret-token")
+    assert sorted(p.name for p in trained_folder.iterdir()) == before
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs ../shared/data")
+def test_a_few_steps_on_real_xrays(tmp_path):
+    results = train(TrainingArguments(
+        output_dir=str(tmp_path), train_dir=str(REAL_DATA), model_name_or_path="efficientnet_b0", image_size=64,
+        max_train_samples=96, num_train_epochs=1, per_device_train_batch_size=16, dataloader_num_workers=0,
+    ))
+    assert results["train_images"] + results["validation_n"] == 96
+    assert results["skipped_images"] == 0
+    assert load_predictor(tmp_path).predict(next((REAL_DATA / "NORMAL").iterdir())).label in LABELS
