@@ -22,7 +22,7 @@ from PIL import Image
 from .data import build_transform
 from .imaging import ImageSource, load_image, xray_warnings
 from .labels import LABEL2ID, LABELS, POSITIVE_LABEL
-from .models import ModelError, PneumoniaClassifier
+from .models import ModelError, PneumoniaClassifier, resolve_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ class Prediction:
 class Predictor:
     """A loaded classifier with its preprocessing, threshold, temperature and Grad-CAM."""
 
-    def __init__(self, classifier: PneumoniaClassifier, source: str = ""):
+    def __init__(self, classifier: PneumoniaClassifier, folder: Optional[Path] = None):
         self.classifier = classifier.eval()
-        self.source = source
+        self.folder = folder  # the model folder, for its card and plots
         self.transform = build_transform(classifier.data_config)
         self._heatmaps = None
         self._lock = threading.Lock()  # Grad-CAM hooks hold per-call state
@@ -98,4 +98,5 @@ def load_predictor(name_or_path: Union[str, os.PathLike, None] = None) -> Predic
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise ModelError("No default model ships with this install; pass a model folder or Hub id, e.g. load_predictor('runs/b0'), or set PNEUMO_MODEL for the app.")
         name_or_path = DEFAULT_MODEL_DIR
-    return Predictor(PneumoniaClassifier.from_pretrained(name_or_path), source=str(name_or_path))
+    folder = resolve_model_folder(name_or_path)
+    return Predictor(PneumoniaClassifier.from_pretrained(folder), folder=folder)
