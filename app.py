@@ -100,11 +100,11 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
                     upload = gr.File(label="Chest X-ray", file_types=FILE_TYPES, type="filepath")
                     model = gr.Dropdown(choices, value=choices[0], label="Model", visible=len(choices) > 1)
                     button = gr.Button("Predict", variant="primary")
-                    image = gr.Image(label="Your image", type="pil", interactive=False)
+                    image = gr.Image(label="Your image", type="pil", interactive=False, height=360)
                 with gr.Column():
                     label = gr.Label(label="Probabilities", num_top_classes=2)
                     decision = gr.Markdown(elem_id="decision")
-                    heatmap = gr.Image(label="Grad-CAM heatmap (where the model looked for PNEUMONIA)", type="pil", interactive=False)
+                    heatmap = gr.Image(label="Grad-CAM heatmap (where the model looked for PNEUMONIA)", type="pil", interactive=False, height=360)
             state = gr.State()
             gr.Markdown(examples_note)
             if examples:
