@@ -115,3 +115,18 @@ def test_a_few_steps_on_real_xrays(tmp_path):
     assert results["train_images"] + results["validation_n"] == 96
     assert results["skipped_images"] == 0
     assert load_predictor(tmp_path).predict(next((REAL_DATA / "NORMAL").iterdir())).label in LABELS
+
+
+def test_two_processes_count_each_validation_image_once(tmp_path, image_folder):
+    """`accelerate launch` with 2 CPU processes and an uneven last batch: validation n stays the split's size."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [
+        str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(ROOT / "train" / "train.py"), "--model_name_or_path", "resnet18", "--train_dir", str(image_folder), "--output_dir", str(tmp_path),
+        "--image_size", "32", "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+        "--dataloader_num_workers", "0", "--validation_fraction", "0.25",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "all_results.json").read_text())
+    assert results["validation_n"] == 6 and sum(map(sum, results["validation_confusion_matrix"])) == 6
