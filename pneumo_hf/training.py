@@ -118,12 +118,15 @@ def make_loss(kind: str, weights: torch.Tensor, label_smoothing: float = 0.0, ga
 def evaluate(model: nn.Module, loader, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of every image once, across all processes (`gather_for_metrics`)."""
     model.eval()
-    all_logits, all_labels = [], []
+    all_logits, all_labels, skipped = [], [], 0
     for batch in loader:
+        skipped += int(batch["n_skipped"])
         logits = model(batch["pixel_values"])
         logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
         all_logits.append(logits.cpu().numpy())
         all_labels.append(labels.cpu().numpy())
+    if skipped:
+        logger.warning("%d unreadable evaluation images skipped.", skipped)
     return np.concatenate(all_logits), np.concatenate(all_labels)
 
 

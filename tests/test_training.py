@@ -64,6 +64,16 @@ def test_resume_mid_epoch_continues_the_same_run(tmp_path, image_folder):
         assert (found[name] - tensor).abs().max() < 1e-5, name
 
 
+def test_unreadable_training_images_are_skipped_and_counted(tmp_path, image_folder):
+    folder = tmp_path / "train"
+    shutil.copytree(image_folder, folder)
+    (folder / "PNEUMONIA" / "person99_virus_1.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "NORMAL" / "IM-0099-0001.jpeg").write_bytes(b"")
+    results = train(tiny_args(tmp_path / "out", folder, num_train_epochs=1, validation_dir=str(image_folder)))
+    assert results["skipped_images"] == 2 and results["train_images"] == 26
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train" / "train.py"), *args], capture_output=True, text=True, timeout=300)
 
