@@ -149,7 +149,7 @@ def push_folder(folder: Path, repo_id: str, token: Optional[str] = None, commit_
         raise HubError(f"Cannot reach the Hub to push {repo_id}; the model stays in {folder}. Push it later with `hf upload {repo_id} {folder}`.")
     try:
         url = create_repo(repo_id, token=token, exist_ok=True, repo_type="model")
-        upload_folder(repo_id=url.repo_id, folder_path=str(folder), token=token, commit_message=commit_message, ignore_patterns=["checkpoint*", "step_*", "epoch_*", "best_model/*", "runs/*"])
+        upload_folder(repo_id=url.repo_id, folder_path=str(folder), token=token, commit_message=commit_message, ignore_patterns=["checkpoints/*", "best_model/*"])
     except Exception as error:  # HTTP, auth and validation errors all end the same way for the user
         raise HubError(f"Push to {repo_id} failed ({type(error).__name__}); the model stays in {folder}. Check `hf auth whoami` and the repo id.") from None
     logger.info("Pushed %s to %s", folder, url)
