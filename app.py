@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
-from pathlib import Path
 from typing import Optional
 
 import gradio as gr

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
+from huggingface_hub import ModelCardData, create_repo, upload_folder
 from huggingface_hub.constants import ENDPOINT, HF_HUB_OFFLINE
 
 from .labels import LABELS

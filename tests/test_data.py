@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import REAL_DATA, write_image_folder
-from pneumo_hf.data import DataError, build_transform, class_weights, load_evaluation_set, load_splits, patient_id, split_by_patient
+from pneumo_hf.data import DataError, build_transform, class_weights, load_evaluation_set, load_splits, patient_id
 from pneumo_hf.labels import LABELS
 
 
