@@ -112,10 +112,9 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
             card = gr.Markdown()
             plots = gr.Gallery(label="Validation plots", columns=3, height="auto")
         upload.change(preview, inputs=upload, outputs=image, api_visibility="private")
-        for trigger in (button.click, upload.upload):
-            trigger(predict, inputs=[upload, model], outputs=[label, heatmap, state], api_name="predict" if trigger == button.click else False).then(
-                describe, inputs=state, outputs=decision, api_visibility="private"
-            )
+        gr.on([button.click, upload.upload], predict, inputs=[upload, model], outputs=[label, heatmap, state], api_name="predict").then(
+            describe, inputs=state, outputs=decision, api_visibility="private"
+        )
         model.change(about, inputs=model, outputs=[card, plots], api_visibility="private")
         demo.load(about, inputs=model, outputs=[card, plots], api_visibility="private")
     demo.queue(default_concurrency_limit=2, max_size=32)

@@ -2,7 +2,7 @@
 
     from pneumo_hf.cam import HeatmapMaker, overlay
     maker = HeatmapMaker(classifier)                 # built once, reused
-    maps = maker(pixel_values)                       # float32 (batch, H, W) in [0, 1], for PNEUMONIA
+    maps, logits = maker(pixel_values)               # float32 (batch, H, W) in [0, 1] for PNEUMONIA, and the logits
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ class HeatmapMaker:
         self.cam = GradCAM(model=classifier, target_layers=layers, reshape_transform=reshape)
         self.target = ClassifierOutputTarget(LABEL2ID[POSITIVE_LABEL])
 
-    def __call__(self, pixel_values: torch.Tensor) -> np.ndarray:
+    def __call__(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """Heatmaps (batch, H, W) in [0, 1], and the logits of the same forward pass."""
         maps = self.cam(input_tensor=pixel_values, targets=[self.target] * len(pixel_values))
-        return np.clip(np.nan_to_num(maps), 0.0, 1.0).astype(np.float32)
+        return np.clip(np.nan_to_num(maps), 0.0, 1.0).astype(np.float32), self.cam.outputs.detach()
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, image_weight: float = 0.6) -> Image.Image:

@@ -156,7 +156,6 @@ def _from_dicom(data: bytes) -> Image.Image:
         pixels = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
         if photometric == "MONOCHROME1":
             pixels = 1.0 - pixels
-        return _from_array(pixels)
     return _from_array(pixels)
 
 

@@ -65,10 +65,13 @@ class Predictor:
         """Several images in one forward pass. Raises `ImageError` for the first unreadable one."""
         images = [load_image(source) for source in sources]
         pixel_values = torch.stack([self.transform(image) for image in images])
-        with self._lock:
+        if heatmap:
+            with self._lock:
+                maps, logits = self._heatmap_maker()(pixel_values)
+        else:
+            maps = [None] * len(images)
             with torch.inference_mode():
                 logits = self.classifier(pixel_values)
-            maps = self._heatmap_maker()(pixel_values) if heatmap else [None] * len(images)
         scores = torch.softmax(logits.float() / self.classifier.temperature, dim=1).numpy()
         return [self._prediction(image, score, cam) for image, score, cam in zip(images, scores, maps)]
 

@@ -107,10 +107,7 @@ class PneumoniaClassifier(nn.Module):
         labels = tuple(backbone.config.id2label[i] for i in range(backbone.config.num_labels))
         if labels != LABELS:
             raise ModelError(f"{folder} has labels {labels}; a pneumo_hf model needs {LABELS}.")
-        processor = AutoImageProcessor.from_pretrained(folder)
-        size = processor.size
-        data_config = {"input_size": (3, size["height"], size["width"]), "mean": tuple(processor.image_mean), "std": tuple(processor.image_std), "interpolation": "bilinear"}
-        return cls(backbone, "transformers", data_config, **extras)
+        return cls(backbone, "transformers", _processor_data_config(AutoImageProcessor.from_pretrained(folder)), **extras)
 
 
 def _drop_num_classes_from_model_args(config_path: Path) -> None:
@@ -242,6 +239,9 @@ def _build_from_hub(repo_id: str, pretrained: bool, image_size: Optional[int]) -
         processor = AutoImageProcessor.from_pretrained(repo_id)
     except OSError as error:
         raise ModelError(f"Unknown model {repo_id!r}: the Hub could not provide it ({type(error).__name__}); check the repo id.") from None
+    return PneumoniaClassifier(backbone, "transformers", _processor_data_config(processor), trained_from_scratch=not pretrained)
+
+
+def _processor_data_config(processor) -> dict[str, Any]:
     size = processor.size
-    data_config = {"input_size": (3, size["height"], size["width"]), "mean": tuple(processor.image_mean), "std": tuple(processor.image_std), "interpolation": "bilinear"}
-    return PneumoniaClassifier(backbone, "transformers", data_config, trained_from_scratch=not pretrained)
+    return {"input_size": (3, size["height"], size["width"]), "mean": tuple(processor.image_mean), "std": tuple(processor.image_std), "interpolation": "bilinear"}

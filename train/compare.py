@@ -15,9 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a cl
 from pneumo_hf import load_predictor  # noqa: E402
 
 
-def latency_ms(folder: Path, image: str, repeats: int) -> float:
+def latency_ms(predictor, image: str, repeats: int) -> float:
     """Median wall time of one predict(heatmap=True) on this machine, after one warm-up."""
-    predictor = load_predictor(folder)
     predictor.predict(image, heatmap=True)
     times = []
     for _ in range(repeats):
@@ -39,7 +38,7 @@ def row(folder: Path, image: str, repeats: int) -> str:
     side = predictor.classifier.data_config["input_size"][-1]
     return (
         f"| {name} @{side} | " + " | ".join(f"{v:.3f}" for v in figures)
-        + f" | {results['validation_threshold']:.3f} | {params:.1f} M | {size:.1f} MB | {latency_ms(folder, image, repeats):.0f} ms"
+        + f" | {results['validation_threshold']:.3f} | {params:.1f} M | {size:.1f} MB | {latency_ms(predictor, image, repeats):.0f} ms"
         + f" | {results['epochs_run']} | {results['train_seconds'] / 60:.0f} min | `{command}` |"
     )
 
