@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -63,9 +64,11 @@ class TrainingArguments:
     loss: str = field(default="weighted_ce", metadata={"help": "weighted_ce (class-weighted cross-entropy), ce or focal."})
     focal_gamma: float = field(default=2.0, metadata={"help": "Focusing parameter of --loss focal."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy."})
+    model_ema_decay: Optional[float] = field(default=None, metadata={"help": "Keep an exponential moving average of the weights (timm ModelEmaV3 with warm-up) up to this decay, e.g. 0.999; validation and the saved model use it."})
     aug_strength: float = field(default=1.0, metadata={"help": "Scale of rotation/shift/scale/brightness/contrast augmentation; 0 turns it off."})
     dataloader_num_workers: int = field(default=2, metadata={"help": "Worker processes decoding images."})
-    seed: int = field(default=42, metadata={"help": "Seed for the split, the init and the data order."})
+    seed: int = field(default=42, metadata={"help": "Seed for the init, the augmentation and the data order."})
+    split_seed: Optional[int] = field(default=None, metadata={"help": "Seed of the patient-grouped validation split; default: --seed. Fix it to compare seeds on one split."})
     checkpointing_steps: Optional[str] = field(default="epoch", metadata={"help": "Save a resumable checkpoint every N optimizer steps, or 'epoch'."})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep only this many newest checkpoints."})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "A checkpoint folder, or 'latest'."})
@@ -88,6 +91,8 @@ class TrainingArguments:
             raise ValueError(f"--checkpointing_steps {self.checkpointing_steps!r}: give a number of steps or 'epoch'.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME.")
+        if self.model_ema_decay is not None and not 0.0 < self.model_ema_decay < 1.0:
+            raise ValueError(f"--model_ema_decay {self.model_ema_decay}: give a value between 0 and 1, e.g. 0.999.")
         if not 0.5 <= self.min_sensitivity <= 1.0:
             raise ValueError(f"--min_sensitivity {self.min_sensitivity}: give a value between 0.5 and 1.")
         output = Path(self.output_dir)
@@ -166,7 +171,9 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(args.seed)
-    train_set, validation_set = load_splits(args.dataset_name, args.train_dir, args.validation_dir, args.validation_fraction, args.seed, args.max_train_samples)
+    train_set, validation_set = load_splits(
+        args.dataset_name, args.train_dir, args.validation_dir, args.validation_fraction, args.split_seed if args.split_seed is not None else args.seed, args.max_train_samples
+    )
     weights = class_weights(train_set["label"])
     logger.info("Train %d images (%d patients), validation %d images; class weights %s", len(train_set), len(set(train_set["patient"])), len(validation_set), weights.tolist())
 
@@ -180,6 +187,9 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_loader, validation_loader, scheduler = accelerator.prepare(classifier, optimizer, train_loader, validation_loader, scheduler)
     criterion = make_loss(args.loss, weights.to(accelerator.device), args.label_smoothing, args.focal_gamma)
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=args.model_ema_decay, use_warmup=True) if args.model_ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     total_steps = args.num_train_epochs * steps_per_epoch
 
@@ -189,8 +199,9 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     progress = tqdm(total=total_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process, desc="train")
     started = time.time()
     for epoch in range(state.epoch, args.num_train_epochs):
-        train_loss = _train_one_epoch(args, accelerator, model, criterion, optimizer, scheduler, train_loader, state, epoch, progress)
-        logits, labels = evaluate(model, validation_loader, accelerator)
+        train_loss = _train_one_epoch(args, accelerator, model, ema, criterion, optimizer, scheduler, train_loader, state, epoch, progress)
+        validated = ema.module if ema is not None else model
+        logits, labels = evaluate(validated, validation_loader, accelerator)
         row = _epoch_summary(epoch, train_loss, logits, labels)
         state.history.append(row)
         accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
@@ -201,7 +212,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
         state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
         state.epoch, state.batches_done = epoch + 1, 0
         if improved and accelerator.is_main_process:
-            accelerator.unwrap_model(model).save_pretrained(output_dir / "best_model")
+            accelerator.unwrap_model(validated).save_pretrained(output_dir / "best_model")
         if args.checkpointing_steps == "epoch":
             _save_checkpoint(accelerator, state)
         if args.early_stopping_patience and state.epochs_without_improvement >= args.early_stopping_patience:
@@ -215,7 +226,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     return results
 
 
-def _train_one_epoch(args, accelerator, model, criterion, optimizer, scheduler, loader, state: _State, epoch: int, progress) -> float:
+def _train_one_epoch(args, accelerator, model, ema, criterion, optimizer, scheduler, loader, state: _State, epoch: int, progress) -> float:
     """One pass over the training data from where `state` says the run stopped; returns the mean loss."""
     model.train()
     if hasattr(loader, "set_epoch"):
@@ -236,6 +247,8 @@ def _train_one_epoch(args, accelerator, model, criterion, optimizer, scheduler, 
         losses.append(loss.detach().float().item())
         if accelerator.sync_gradients:
             state.completed_steps += 1
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model), step=state.completed_steps)
             progress.update(1)
             progress.set_postfix(loss=f"{losses[-1]:.4f}")
             if args.checkpointing_steps not in (None, "epoch") and state.completed_steps % int(args.checkpointing_steps) == 0:
