@@ -82,6 +82,7 @@ figures: on this data, test figures usually run several points lower.
 
 Decision threshold {metrics['threshold']:.4f}: {summary['threshold_rule']}.
 Calibration temperature {summary['temperature']:.3f} (fitted on the validation split; applied by `pneumo_hf`).
+{_views_line(summary['test_time_views'])}
 Confusion matrix `[[TN, FP], [FN, TP]]`: {metrics['confusion_matrix']}.
 
 ![ROC](roc_curve.png) ![Confusion matrix](confusion_matrix.png) ![Training curves](training_curves.png)
@@ -114,6 +115,12 @@ Image-Based Deep Learning. Cell 172(5):1122–1131 (2018). Data: Mendeley Data v
 doi:10.17632/rscbjbr9sj.2, CC BY 4.0.
 """
     Path(folder, "README.md").write_text(content)
+
+
+def _views_line(views: list) -> str:
+    if not views:
+        return "No test-time augmentation."
+    return f"Test-time augmentation: `pneumo_hf` averages the logits of the image and its views {views}; figures, temperature and threshold include it."
 
 
 def _eval_results(metrics: dict[str, Any]) -> list:

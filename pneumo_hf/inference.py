@@ -23,6 +23,7 @@ from .data import build_transform
 from .imaging import ImageSource, load_image, xray_warnings
 from .labels import LABEL2ID, LABELS, POSITIVE_LABEL
 from .models import ModelError, PneumoniaClassifier, resolve_model_folder
+from .tta import logits_with_views
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class Predictor:
             maps = [None] * len(images)
             with torch.inference_mode():
                 logits = self.classifier(pixel_values)
+        if self.classifier.test_time_views:
+            with torch.inference_mode():
+                logits = logits_with_views(self.classifier, pixel_values, self.classifier.test_time_views, logits)
         scores = torch.softmax(logits.float() / self.classifier.temperature, dim=1).numpy()
         return [self._prediction(image, score, cam) for image, score, cam in zip(images, scores, maps)]
 

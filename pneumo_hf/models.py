@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import timm
 import torch
@@ -36,7 +36,8 @@ class ModelError(ValueError):
 
 class PneumoniaClassifier(nn.Module):
     """A timm or transformers backbone with two outputs, plus what inference needs to use it:
-    its data config (input size, mean, std), the decision threshold and the calibration temperature."""
+    its data config (input size, mean, std), the decision threshold, the calibration temperature and
+    the test-time views (`pneumo_hf.tta`) that threshold and temperature were fitted with."""
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class PneumoniaClassifier(nn.Module):
         threshold: float = 0.5,
         temperature: float = 1.0,
         trained_from_scratch: bool = True,
+        test_time_views: Sequence[str] = (),
     ):
         super().__init__()
         self.backbone = backbone
@@ -54,6 +56,7 @@ class PneumoniaClassifier(nn.Module):
         self.threshold = threshold
         self.temperature = temperature
         self.trained_from_scratch = trained_from_scratch
+        self.test_time_views = tuple(test_time_views)
 
     @property
     def architecture(self) -> str:
@@ -71,7 +74,12 @@ class PneumoniaClassifier(nn.Module):
         """Write config.json + model.safetensors (fp16 when `half`) in the family's own Hub format."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        extras = {"decision_threshold": self.threshold, "calibration_temperature": self.temperature, "trained_from_scratch": self.trained_from_scratch}
+        extras = {
+            "decision_threshold": self.threshold,
+            "calibration_temperature": self.temperature,
+            "test_time_views": list(self.test_time_views),
+            "trained_from_scratch": self.trained_from_scratch,
+        }
         backbone = _half_copy(self.backbone) if half else self.backbone
         if self.family == "timm":
             data_config = {key: self.data_config[key] for key in ("input_size", "mean", "std", "interpolation")}
@@ -94,6 +102,7 @@ class PneumoniaClassifier(nn.Module):
             "threshold": float(config.get("decision_threshold", 0.5)),
             "temperature": float(config.get("calibration_temperature", 1.0)),
             "trained_from_scratch": bool(config.get("trained_from_scratch", True)),
+            "test_time_views": tuple(config.get("test_time_views", ())),
         }
         if "architecture" in config:
             labels = tuple(config.get("label_names") or ())

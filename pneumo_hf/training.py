@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from . import metrics
 from .data import XrayDataset, build_transform, class_weights, collate, load_splits
 from .hub import push_folder, write_model_card
 from .models import PneumoniaClassifier, build_classifier
+from .tta import VIEWS, logits_with_views
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class TrainingArguments:
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep only this many newest checkpoints."})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "A checkpoint folder, or 'latest'."})
     early_stopping_patience: Optional[int] = field(default=None, metadata={"help": "Stop after this many epochs without a better validation ROC-AUC."})
+    test_time_views: list[str] = field(default_factory=list, metadata={"help": f"Test-time views ({', '.join(VIEWS)}) whose mean logits the stored temperature and threshold are fitted on and inference uses."})
     min_sensitivity: float = field(default=0.95, metadata={"help": "The stored threshold is the most specific one keeping this sensitivity on validation."})
     with_tracking: bool = field(default=False, metadata={"help": "Log metrics through Accelerate's trackers."})
     report_to: str = field(default="tensorboard", metadata={"help": "Tracker for --with_tracking (tensorboard, wandb, all)."})
@@ -93,6 +95,9 @@ class TrainingArguments:
             raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME.")
         if self.model_ema_decay is not None and not 0.0 < self.model_ema_decay < 1.0:
             raise ValueError(f"--model_ema_decay {self.model_ema_decay}: give a value between 0 and 1, e.g. 0.999.")
+        unknown_views = sorted(set(self.test_time_views) - set(VIEWS))
+        if unknown_views:
+            raise ValueError(f"--test_time_views {unknown_views}: choose from {sorted(VIEWS)}.")
         if not 0.5 <= self.min_sensitivity <= 1.0:
             raise ValueError(f"--min_sensitivity {self.min_sensitivity}: give a value between 0.5 and 1.")
         output = Path(self.output_dir)
@@ -120,14 +125,15 @@ def make_loss(kind: str, weights: torch.Tensor, label_smoothing: float = 0.0, ga
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of every image once, across all processes (`gather_for_metrics`)."""
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, views: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (averaged over test-time `views`, see `pneumo_hf.tta`) and labels of every image once,
+    across all processes (`gather_for_metrics`)."""
     model.eval()
     all_logits, all_labels, skipped = [], [], 0
     for batch in loader:
         skipped += int(batch["n_skipped"])
-        logits = model(batch["pixel_values"])
-        logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+        logits = logits_with_views(model, batch["pixel_values"], views)
+        logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
         all_logits.append(logits.cpu().numpy())
         all_labels.append(labels.cpu().numpy())
     if skipped:
@@ -157,6 +163,7 @@ class _State:
     best_roc_auc: float = -1.0
     epochs_without_improvement: int = 0
     skipped_images: int = 0
+    train_seconds: float = 0.0  # over all sessions of the run
     history: list = field(default_factory=list)
 
 
@@ -197,8 +204,8 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     if args.with_tracking:
         accelerator.init_trackers("pneumo_hf", {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
     progress = tqdm(total=total_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process, desc="train")
-    started = time.time()
     for epoch in range(state.epoch, args.num_train_epochs):
+        started = time.time()
         train_loss = _train_one_epoch(args, accelerator, model, ema, criterion, optimizer, scheduler, train_loader, state, epoch, progress)
         validated = ema.module if ema is not None else model
         logits, labels = evaluate(validated, validation_loader, accelerator)
@@ -211,6 +218,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
         state.best_roc_auc = max(state.best_roc_auc, row["validation_roc_auc"])
         state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
         state.epoch, state.batches_done = epoch + 1, 0
+        state.train_seconds += time.time() - started
         if improved and accelerator.is_main_process:
             accelerator.unwrap_model(validated).save_pretrained(output_dir / "best_model")
         if args.checkpointing_steps == "epoch":
@@ -220,7 +228,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
             break
     progress.close()
     accelerator.wait_for_everyone()
-    results = _finish(args, accelerator, classifier, validation_loader, state, time.time() - started, command, len(train_set), weights)
+    results = _finish(args, accelerator, classifier, validation_loader, state, command, len(train_set), weights)
     if args.with_tracking:
         accelerator.end_training()
     return results
@@ -288,14 +296,16 @@ def _resume(accelerator: Accelerator, checkpoint: str, output_dir: Path) -> _Sta
     return state
 
 
-def _finish(args, accelerator, classifier, validation_loader, state: _State, seconds: float, command: str, n_train: int, weights) -> dict[str, Any]:
-    """Best weights back, temperature and threshold fitted on validation, then the model folder."""
+def _finish(args, accelerator, classifier, validation_loader, state: _State, command: str, n_train: int, weights) -> dict[str, Any]:
+    """Best weights back, temperature and threshold fitted on validation (with the test-time views),
+    then the model folder. A finished run's folder is rewritten by resuming it with new --test_time_views."""
     output_dir = Path(args.output_dir)
     best = PneumoniaClassifier.from_pretrained(output_dir / "best_model")
     accelerator.unwrap_model(classifier).load_state_dict(best.state_dict())
-    logits, labels = evaluate(classifier, validation_loader, accelerator)
+    logits, labels = evaluate(classifier, validation_loader, accelerator, args.test_time_views)
     if not accelerator.is_main_process:
         return {}
+    classifier.test_time_views = tuple(args.test_time_views)
     classifier.temperature = metrics.fit_temperature(logits, labels)
     scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
     classifier.threshold = metrics.choose_threshold(labels, scores, args.min_sensitivity)
@@ -310,7 +320,7 @@ def _finish(args, accelerator, classifier, validation_loader, state: _State, sec
         "epochs_run": len(state.history),
         "train_images": n_train,
         "skipped_images": state.skipped_images,
-        "train_seconds": seconds,
+        "train_seconds": state.train_seconds,
         "trained_from_scratch": classifier.trained_from_scratch,
     }
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
@@ -322,6 +332,7 @@ def _finish(args, accelerator, classifier, validation_loader, state: _State, sec
         "trained_from_scratch": classifier.trained_from_scratch,
         "threshold_rule": f"the most specific threshold that keeps validation sensitivity ≥ {args.min_sensitivity}",
         "temperature": classifier.temperature,
+        "test_time_views": list(classifier.test_time_views),
         "input_size": list(classifier.data_config["input_size"]),
         "mean": list(classifier.data_config["mean"]),
         "std": list(classifier.data_config["std"]),
@@ -329,7 +340,7 @@ def _finish(args, accelerator, classifier, validation_loader, state: _State, sec
         "class_weights": [round(w, 3) for w in weights.tolist()],
         "epochs_run": len(state.history),
         "train_images": n_train,
-        "train_seconds": seconds,
+        "train_seconds": state.train_seconds,
         "command": command,
     }
     write_model_card(output_dir, summary, args.hub_model_id)

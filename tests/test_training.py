@@ -50,18 +50,34 @@ def test_transformers_vit_trains_end_to_end(tmp_path, image_folder):
 
 
 def test_resume_mid_epoch_continues_the_same_run(tmp_path, image_folder):
-    """Stop after step 2 of epoch 0, resume: the weights end as in an uninterrupted run.
-    (Augmentation off: its random draws after a resume are not those of the uninterrupted run.)"""
+    """Stop after step 2 of epoch 0, resume: the weights end as in an uninterrupted run, the moving
+    average of weights included. (Augmentation off: its random draws after a resume differ.)"""
+    flags = dict(checkpointing_steps="2", checkpoints_total_limit=10, loss="focal", aug_strength=0.0, model_ema_decay=0.9)
     whole = tmp_path / "whole"
-    train(tiny_args(whole, image_folder, checkpointing_steps="2", checkpoints_total_limit=10, loss="focal", aug_strength=0.0))
+    train(tiny_args(whole, image_folder, **flags))
     resumed = tmp_path / "resumed"
     shutil.copytree(whole / "checkpoints" / "checkpoint_0", resumed / "checkpoints" / "checkpoint_0")
     state = json.loads((resumed / "checkpoints" / "checkpoint_0" / "trainer_state.json").read_text())
     assert (state["epoch"], state["batches_done"], state["completed_steps"]) == (0, 2, 2)
-    train(tiny_args(resumed, image_folder, checkpointing_steps="2", checkpoints_total_limit=10, loss="focal", aug_strength=0.0, resume_from_checkpoint="latest"))
+    train(tiny_args(resumed, image_folder, **flags, resume_from_checkpoint="latest"))
     expected, found = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     for name, tensor in expected.items():
         assert (found[name] - tensor).abs().max() < 1e-5, name
+
+
+def test_split_seed_fixes_the_validation_split_across_seeds(tmp_path, image_folder):
+    first = train(tiny_args(tmp_path / "a", image_folder, num_train_epochs=1, seed=1, split_seed=5))
+    second = train(tiny_args(tmp_path / "b", image_folder, num_train_epochs=1, seed=2, split_seed=5))
+    assert first["validation_n"] == second["validation_n"] == 6
+    assert load_file(tmp_path / "a" / "model.safetensors")["fc.weight"].ne(load_file(tmp_path / "b" / "model.safetensors")["fc.weight"]).any()
+    evaluated = subprocess.run(
+        [sys.executable, str(ROOT / "train" / "evaluate.py"), "--model", str(tmp_path / "b"), "--validation_split", "--output_json", str(tmp_path / "eval.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluation["n"] == 6 and evaluation["confusion_matrix"] == second["validation_confusion_matrix"]
+    assert evaluation["roc_auc"] == pytest.approx(second["validation_roc_auc"], abs=1e-6)
 
 
 def test_unreadable_training_images_are_skipped_and_counted(tmp_path, image_folder):

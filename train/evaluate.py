@@ -2,6 +2,7 @@
 
     python train/evaluate.py --model runs/b0 --data_dir path/to/test --output_json runs/b0/test.json
     python train/evaluate.py --model ORG/NAME --dataset_name hf-vision/chest-xray-pneumonia --split test
+    python train/evaluate.py --model runs/b0 --validation_split --tta zoom   # the run's own validation split
 """
 
 import argparse
@@ -16,9 +17,10 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from pneumo_hf import metrics  # noqa: E402
-from pneumo_hf.data import DataError, XrayDataset, build_transform, collate, load_evaluation_set  # noqa: E402
-from pneumo_hf.models import ModelError, PneumoniaClassifier  # noqa: E402
+from pneumo_hf.data import DataError, XrayDataset, build_transform, collate, load_evaluation_set, load_splits  # noqa: E402
+from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder  # noqa: E402
 from pneumo_hf.training import evaluate  # noqa: E402
+from pneumo_hf.tta import VIEWS  # noqa: E402
 
 logger = logging.getLogger("evaluate")
 
@@ -29,31 +31,48 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset_name", help="Hub data set id or local copy (with --split).")
     parser.add_argument("--split", default="test", help="Split of --dataset_name (default: test).")
     parser.add_argument("--data_dir", help="Image folder with NORMAL/ and PNEUMONIA/ subfolders.")
+    parser.add_argument("--validation_split", action="store_true", help="The patient-grouped validation split the model was trained with (from its training_args.json).")
+    parser.add_argument("--tta", nargs="*", default=[], choices=sorted(VIEWS), help="Average the logits over the image and these test-time views.")
     parser.add_argument("--output_json", default="eval_results.json", help="Where the metrics go; the PNGs go beside it.")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--threshold", type=float, help="Decide at this threshold instead of the model's stored one.")
     args = parser.parse_args(argv)
-    if bool(args.dataset_name) == bool(args.data_dir):
-        parser.error("pass exactly one of --dataset_name (with --split) and --data_dir")
+    if sum(map(bool, (args.dataset_name, args.data_dir, args.validation_split))) != 1:
+        parser.error("pass exactly one of --dataset_name (with --split), --data_dir and --validation_split")
     return args
 
 
 def run(args: argparse.Namespace) -> dict:
-    classifier = PneumoniaClassifier.from_pretrained(args.model)
-    dataset = load_evaluation_set(args.dataset_name, args.split, args.data_dir)
+    folder = resolve_model_folder(args.model)
+    classifier = PneumoniaClassifier.from_pretrained(folder)
+    dataset = training_validation_split(folder) if args.validation_split else load_evaluation_set(args.dataset_name, args.split, args.data_dir)
     loader = torch.utils.data.DataLoader(XrayDataset(dataset, build_transform(classifier.data_config)), batch_size=args.batch_size, collate_fn=collate)
     accelerator = Accelerator()
     model, loader = accelerator.prepare(classifier, loader)
-    logits, labels = evaluate(model, loader, accelerator)
+    logits, labels = evaluate(model, loader, accelerator, args.tta)
     scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
     threshold = classifier.threshold if args.threshold is None else args.threshold
-    results = {"model": str(args.model), "data": args.data_dir or f"{args.dataset_name}:{args.split}", **metrics.classification_metrics(labels, scores, threshold)}
+    data = "validation split" if args.validation_split else args.data_dir or f"{args.dataset_name}:{args.split}"
+    results = {"model": str(args.model), "data": data, "tta": args.tta, **metrics.classification_metrics(labels, scores, threshold)}
     output = Path(args.output_json)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
     metrics.plot_roc(labels, scores, output.with_name(output.stem + "_roc_curve.png"))
     metrics.plot_confusion(labels, scores, threshold, output.with_name(output.stem + "_confusion_matrix.png"))
     return results
+
+
+def training_validation_split(folder: Path):
+    """The validation split of the run that wrote `folder`, rebuilt from its training_args.json."""
+    recorded = folder / "training_args.json"
+    if not recorded.is_file():
+        raise DataError(f"{folder} has no training_args.json to rebuild its validation split from; pass --data_dir or --dataset_name.")
+    run = json.loads(recorded.read_text())
+    split_seed = run.get("split_seed")
+    _, validation = load_splits(
+        run["dataset_name"], run["train_dir"], run["validation_dir"], run["validation_fraction"], run["seed"] if split_seed is None else split_seed, run["max_train_samples"]
+    )
+    return validation
 
 
 def print_table(results: dict) -> None:

@@ -7,6 +7,7 @@
 """
 
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ def main() -> int:
             (args,) = parser.parse_json_file(sys.argv[1])
         else:
             (args,) = parser.parse_args_into_dataclasses()
-        train(args, command="accelerate launch train/train.py " + shlex.join(sys.argv[1:]))
+        launcher = "accelerate launch" if "ACCELERATE_USE_CPU" in os.environ or "LOCAL_RANK" in os.environ else "python"
+        train(args, command=f"{launcher} train/train.py " + shlex.join(sys.argv[1:]))
     except (ValueError, DataError, ModelError, HubError) as error:
         logging.getLogger("train").error("%s", error)
         return 1
