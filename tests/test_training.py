@@ -156,3 +156,20 @@ def test_two_processes_count_each_validation_image_once(tmp_path, image_folder):
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "all_results.json").read_text())
     assert results["validation_n"] == 6 and sum(map(sum, results["validation_confusion_matrix"])) == 6
+
+
+def test_ablation_sweep_tables_mean_and_spread_and_skips_finished_runs(tmp_path, image_folder):
+    spec = {
+        "base": {"model_name_or_path": "resnet18", "image_size": 32, "num_train_epochs": 1, "per_device_train_batch_size": 6,
+                 "dataloader_num_workers": 0, "validation_fraction": 0.25, "split_seed": 3},
+        "variants": {"base": {}, "no_augmentation": {"aug_strength": 0.0}},
+        "seeds": [1, 2],
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    command = [sys.executable, str(ROOT / "train" / "ablate.py"), str(tmp_path / "spec.json"), "--train_dir", str(image_folder), "--output_dir", str(tmp_path / "sweep")]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = [line for line in first.stdout.splitlines() if line.startswith(("| base", "| no_augmentation"))]
+    assert len(rows) == 2 and all(row.split("|")[2].strip() == "2" and "±" in row for row in rows)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert "training" not in again.stdout and (tmp_path / "sweep" / "ablation.md").read_text().strip() in again.stdout
