@@ -167,6 +167,14 @@ class _State:
     history: list = field(default_factory=list)
 
 
+def run_splits(run: dict[str, Any]):
+    """The (train, validation) splits of a run, from its arguments as a dict (its training_args.json)."""
+    split_seed = run.get("split_seed")
+    return load_splits(
+        run["dataset_name"], run["train_dir"], run["validation_dir"], run["validation_fraction"], run["seed"] if split_seed is None else split_seed, run["max_train_samples"]
+    )
+
+
 def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     """Run the whole training and write the model folder to `args.output_dir`; returns all_results."""
     output_dir = Path(args.output_dir)
@@ -178,9 +186,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(args.seed)
-    train_set, validation_set = load_splits(
-        args.dataset_name, args.train_dir, args.validation_dir, args.validation_fraction, args.split_seed if args.split_seed is not None else args.seed, args.max_train_samples
-    )
+    train_set, validation_set = run_splits(asdict(args))
     weights = class_weights(train_set["label"])
     logger.info("Train %d images (%d patients), validation %d images; class weights %s", len(train_set), len(set(train_set["patient"])), len(validation_set), weights.tolist())
 

@@ -17,9 +17,9 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from pneumo_hf import metrics  # noqa: E402
-from pneumo_hf.data import DataError, XrayDataset, build_transform, collate, load_evaluation_set, load_splits  # noqa: E402
+from pneumo_hf.data import DataError, XrayDataset, build_transform, collate, load_evaluation_set  # noqa: E402
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder  # noqa: E402
-from pneumo_hf.training import evaluate  # noqa: E402
+from pneumo_hf.training import evaluate, run_splits  # noqa: E402
 from pneumo_hf.tta import VIEWS  # noqa: E402
 
 logger = logging.getLogger("evaluate")
@@ -67,11 +67,7 @@ def training_validation_split(folder: Path):
     recorded = folder / "training_args.json"
     if not recorded.is_file():
         raise DataError(f"{folder} has no training_args.json to rebuild its validation split from; pass --data_dir or --dataset_name.")
-    run = json.loads(recorded.read_text())
-    split_seed = run.get("split_seed")
-    _, validation = load_splits(
-        run["dataset_name"], run["train_dir"], run["validation_dir"], run["validation_fraction"], run["seed"] if split_seed is None else split_seed, run["max_train_samples"]
-    )
+    _, validation = run_splits(json.loads(recorded.read_text()))
     return validation
 
 
