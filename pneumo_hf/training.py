@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -167,7 +168,7 @@ class _State:
     history: list = field(default_factory=list)
 
 
-def run_splits(run: dict[str, Any]):
+def run_splits(run: dict[str, Any]) -> tuple[datasets.Dataset, datasets.Dataset]:
     """The (train, validation) splits of a run, from its arguments as a dict (its training_args.json)."""
     split_seed = run.get("split_seed")
     return load_splits(
