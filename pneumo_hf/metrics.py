@@ -21,6 +21,7 @@ __all__ = [
     "expected_calibration_error",
     "choose_threshold",
     "fit_temperature",
+    "mean_and_spread",
     "probabilities",
     "plot_roc",
     "plot_confusion",
@@ -84,6 +85,15 @@ def fit_temperature(logits: np.ndarray, labels: Sequence[int]) -> float:
         return -log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean()
 
     return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+
+
+def mean_and_spread(values: Sequence[float]) -> str:
+    """'0.970 ± 0.003' (mean ± sample standard deviation) for a table cell; one value alone, '—' for none."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
 def _figure():

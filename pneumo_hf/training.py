@@ -196,6 +196,8 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
         logger.warning("Training %s from random initialisation (no pretrained weights).", classifier.architecture)
     train_loader, validation_loader = _loaders(args, classifier, train_set, validation_set)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    # The prepared scheduler steps once per process per optimizer step, so it is sized on the whole
+    # loader; the progress bar below counts this process's steps, on its shard of the loader.
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     total_steps = args.num_train_epochs * steps_per_epoch
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)

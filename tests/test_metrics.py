@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pneumo_hf.metrics import choose_threshold, classification_metrics, expected_calibration_error, fit_temperature, probabilities
+from pneumo_hf.metrics import choose_threshold, classification_metrics, expected_calibration_error, fit_temperature, mean_and_spread, probabilities
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
 SCORES = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9, 0.6, 0.2, 0.95, 0.55])
@@ -43,3 +43,9 @@ def test_temperature_recovers_overconfidence():
     true_logits = rng.normal(0, 2, (4000, 2))
     labels = (rng.random(4000) < probabilities(true_logits)[:, 1]).astype(int)
     assert fit_temperature(true_logits * 3.0, labels) == pytest.approx(3.0, rel=0.15)
+
+
+def test_mean_and_spread_is_mean_plus_minus_sample_standard_deviation():
+    assert mean_and_spread([0.967, 0.973]) == "0.970 ± 0.004"
+    assert mean_and_spread([0.5]) == "0.500"
+    assert mean_and_spread([]) == "—"

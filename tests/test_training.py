@@ -173,3 +173,20 @@ def test_ablation_sweep_tables_mean_and_spread_and_skips_finished_runs(tmp_path,
     assert len(rows) == 2 and all(row.split("|")[2].strip() == "2" and "±" in row for row in rows)
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert "training" not in again.stdout and (tmp_path / "sweep" / "ablation.md").read_text().strip() in again.stdout
+
+
+def test_compare_tables_each_run_and_the_spread_over_seeds(tmp_path, trained_folder, image_folder):
+    second_seed = tmp_path / "seed_2"
+    shutil.copytree(trained_folder, second_seed)
+    results = json.loads((second_seed / "all_results.json").read_text())
+    first_auc = results["validation_roc_auc"]
+    results["validation_roc_auc"] = first_auc - 0.1
+    (second_seed / "all_results.json").write_text(json.dumps(results))
+    image = next((image_folder / "NORMAL").iterdir())
+    command = [sys.executable, str(ROOT / "train" / "compare.py"), str(trained_folder), str(second_seed), "--image", str(image), "--repeats", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| resnet18 @32")]
+    assert len(rows) == 3  # two runs, then one summary row
+    assert rows[0][1:3] == ["42", "42"] and rows[0][3] == f"{first_auc:.3f}" and "pytest" in rows[0][-1]
+    assert rows[2][1:3] == ["2", f"{first_auc - 0.05:.3f} ± {0.1 / 2 ** 0.5:.3f}"]

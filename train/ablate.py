@@ -9,10 +9,13 @@ run the same command again. The table goes to stdout and OUTPUT/ablation.md.
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
+
+from pneumo_hf.metrics import mean_and_spread  # noqa: E402
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
 COLUMNS = ("roc_auc", "accuracy", "recall", "specificity", "ece")
@@ -38,11 +41,7 @@ def table(spec: dict, output_dir: Path) -> str:
     ]
     for variant in spec["variants"]:
         found = [json.loads(p.read_text()) for p in sorted((output_dir / variant).glob("seed_*/all_results.json"))]
-        cells = []
-        for column in COLUMNS:
-            values = [result[f"validation_{column}"] for result in found]
-            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.3f}{spread}" if values else "—")
+        cells = [mean_and_spread([result[f"validation_{column}"] for result in found]) for column in COLUMNS]
         lines.append(f"| {variant} | {len(found)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

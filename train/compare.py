@@ -1,4 +1,5 @@
-"""A markdown table comparing trained model folders: validation figures, size, CPU latency, command.
+"""Markdown tables comparing trained model folders: one row per folder (validation figures, seed, size,
+CPU latency, command), then mean ± sd per model over the folders that share one.
 
     python train/compare.py runs/b0 runs/resnet50 runs/vit_tiny --image ../shared/data/chest_xray_224/train/NORMAL/IM-0115-0001.jpeg
 """
@@ -13,6 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
 
 from pneumo_hf import load_predictor  # noqa: E402
+from pneumo_hf.metrics import mean_and_spread  # noqa: E402
+
+FIGURES = {"roc_auc": "val ROC-AUC", "accuracy": "val accuracy", "recall": "val sensitivity", "specificity": "val specificity", "ece": "val ECE"}
 
 
 def latency_ms(predictor, image: str, repeats: int) -> float:
@@ -26,21 +30,35 @@ def latency_ms(predictor, image: str, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def row(folder: Path, image: str, repeats: int) -> str:
-    results = json.loads((folder / "all_results.json").read_text())
-    config = json.loads((folder / "config.json").read_text())
-    predictor = load_predictor(folder)
+def model_name(predictor) -> str:
+    """'efficientnet_b0 @160 + TTA': architecture, input side, and whether it averages test-time views."""
+    classifier = predictor.classifier
+    side = classifier.data_config["input_size"][-1]
+    return f"{classifier.architecture} @{side}" + (" + TTA" if classifier.test_time_views else "")
+
+
+def row(folder: Path, predictor, results: dict, image: str, repeats: int) -> str:
+    args = json.loads((folder / "training_args.json").read_text())
     params = sum(p.numel() for p in predictor.classifier.parameters()) / 1e6
     size = (folder / "model.safetensors").stat().st_size / 2**20
     command = (folder / "README.md").read_text().split("```\n")[-2].strip() if (folder / "README.md").is_file() else ""
-    figures = [results[f"validation_{k}"] for k in ("roc_auc", "accuracy", "recall", "specificity", "ece")]
-    name = config.get("architecture", config.get("model_type"))
-    side = predictor.classifier.data_config["input_size"][-1]
+    split_seed = args["seed"] if args.get("split_seed") is None else args["split_seed"]
     return (
-        f"| {name} @{side} | " + " | ".join(f"{v:.3f}" for v in figures)
+        f"| {model_name(predictor)} | {args['seed']} | {split_seed} | " + " | ".join(f"{results[f'validation_{k}']:.3f}" for k in FIGURES)
         + f" | {results['validation_threshold']:.3f} | {params:.1f} M | {size:.1f} MB | {latency_ms(predictor, image, repeats):.0f} ms"
         + f" | {results['epochs_run']} | {results['train_seconds'] / 60:.0f} min | `{command}` |"
     )
+
+
+def spread_table(named_results: list[tuple[str, dict]]) -> str:
+    """Mean ± sd of the validation figures per model name, over the runs of that model."""
+    groups: dict[str, list[dict]] = {}
+    for name, results in named_results:
+        groups.setdefault(name, []).append(results)
+    lines = ["| model @input | runs | " + " | ".join(FIGURES.values()) + " |", "| --- " * (len(FIGURES) + 2) + "|"]
+    for name, found in groups.items():
+        lines.append(f"| {name} | {len(found)} | " + " | ".join(mean_and_spread([r[f"validation_{k}"] for r in found]) for k in FIGURES) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -49,10 +67,16 @@ def main() -> None:
     parser.add_argument("--image", required=True, help="An X-ray to time predictions on.")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    print("| model @input | val ROC-AUC | val accuracy | val sensitivity | val specificity | val ECE | threshold | params | size on disk | CPU latency (predict + heatmap, p50) | epochs | train time (2-core CPU) | command |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    columns = ["model @input", "seed", "split seed", *FIGURES.values(), "threshold", "params", "size on disk", "CPU latency (predict + heatmap, p50)", "epochs", "train time (2-core CPU)", "command"]
+    print("| " + " | ".join(columns) + " |")
+    print("| --- " * len(columns) + "|")
+    named_results = []
     for folder in args.folders:
-        print(row(folder, args.image, args.repeats))
+        predictor, results = load_predictor(folder), json.loads((folder / "all_results.json").read_text())
+        print(row(folder, predictor, results, args.image, args.repeats))
+        named_results.append((model_name(predictor), results))
+    print()
+    print(spread_table(named_results))
 
 
 if __name__ == "__main__":
