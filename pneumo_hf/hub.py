@@ -87,6 +87,10 @@ Confusion matrix `[[TN, FP], [FN, TP]]`: {metrics['confusion_matrix']}.
 
 ![ROC](roc_curve.png) ![Confusion matrix](confusion_matrix.png) ![Training curves](training_curves.png)
 
+## Known failure modes
+
+{_failure_modes(metrics['confusion_matrix'])}
+
 ## Use
 
 ```python
@@ -115,6 +119,14 @@ Image-Based Deep Learning. Cell 172(5):1122–1131 (2018). Data: Mendeley Data v
 doi:10.17632/rscbjbr9sj.2, CC BY 4.0.
 """
     Path(folder, "README.md").write_text(content)
+
+
+def _failure_modes(confusion_matrix: list) -> str:
+    (tn, fp), (fn, tp) = confusion_matrix
+    return f"""- On validation, at the stored threshold: {fn} of {fn + tp} PNEUMONIA films missed, {fp} of {fp + tn} NORMAL films flagged.
+- Not measured at all: adults, lateral or posterior-anterior films, other hospitals and scanners, the official test split.
+- The Grad-CAM heatmap is coarse (the last feature map) and can fall outside the lungs: read it as where the
+  model looked, not as an outline of a lesion."""
 
 
 def _views_line(views: list) -> str:

@@ -37,6 +37,8 @@ def test_training_writes_a_complete_loadable_model_folder(trained_folder, image_
     assert results["epochs_run"] == 2 and results["validation_n"] == 6
     card = (trained_folder / "README.md").read_text()
     assert "model-index" in card and "random initialisation" in card and "Not a medical device" in card
+    (tn, fp), (fn, tp) = results["validation_confusion_matrix"]
+    assert f"{fn} of {fn + tp} PNEUMONIA films missed, {fp} of {fp + tn} NORMAL films flagged" in card
     prediction = load_predictor(trained_folder).predict(next((image_folder / "PNEUMONIA").iterdir()))
     assert set(prediction.probabilities) == set(LABELS)
     assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5
