@@ -35,7 +35,7 @@ from .tta import VIEWS, logits_with_views
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingArguments", "train", "evaluate", "make_loss"]
+__all__ = ["TrainingArguments", "train", "evaluate", "make_loss", "run_splits", "split_seed"]
 
 LOSSES = ("weighted_ce", "ce", "focal")
 
@@ -168,12 +168,14 @@ class _State:
     history: list = field(default_factory=list)
 
 
+def split_seed(run: dict[str, Any]) -> int:
+    """The seed that drew a run's validation split: --split_seed, else --seed (its training_args.json as a dict)."""
+    return run["seed"] if run.get("split_seed") is None else run["split_seed"]
+
+
 def run_splits(run: dict[str, Any]) -> tuple[datasets.Dataset, datasets.Dataset]:
     """The (train, validation) splits of a run, from its arguments as a dict (its training_args.json)."""
-    split_seed = run.get("split_seed")
-    return load_splits(
-        run["dataset_name"], run["train_dir"], run["validation_dir"], run["validation_fraction"], run["seed"] if split_seed is None else split_seed, run["max_train_samples"]
-    )
+    return load_splits(run["dataset_name"], run["train_dir"], run["validation_dir"], run["validation_fraction"], split_seed(run), run["max_train_samples"])
 
 
 def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:

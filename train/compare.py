@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a cl
 
 from pneumo_hf import load_predictor  # noqa: E402
 from pneumo_hf.metrics import mean_and_spread  # noqa: E402
+from pneumo_hf.training import split_seed  # noqa: E402
 
 FIGURES = {"roc_auc": "val ROC-AUC", "accuracy": "val accuracy", "recall": "val sensitivity", "specificity": "val specificity", "ece": "val ECE"}
 
@@ -37,14 +38,13 @@ def model_name(predictor) -> str:
     return f"{classifier.architecture} @{side}" + (" + TTA" if classifier.test_time_views else "")
 
 
-def row(folder: Path, predictor, results: dict, image: str, repeats: int) -> str:
+def row(folder: Path, name: str, predictor, results: dict, image: str, repeats: int) -> str:
     args = json.loads((folder / "training_args.json").read_text())
     params = sum(p.numel() for p in predictor.classifier.parameters()) / 1e6
     size = (folder / "model.safetensors").stat().st_size / 2**20
     command = (folder / "README.md").read_text().split("```\n")[-2].strip() if (folder / "README.md").is_file() else ""
-    split_seed = args["seed"] if args.get("split_seed") is None else args["split_seed"]
     return (
-        f"| {model_name(predictor)} | {args['seed']} | {split_seed} | " + " | ".join(f"{results[f'validation_{k}']:.3f}" for k in FIGURES)
+        f"| {name} | {args['seed']} | {split_seed(args)} | " + " | ".join(f"{results[f'validation_{k}']:.3f}" for k in FIGURES)
         + f" | {results['validation_threshold']:.3f} | {params:.1f} M | {size:.1f} MB | {latency_ms(predictor, image, repeats):.0f} ms"
         + f" | {results['epochs_run']} | {results['train_seconds'] / 60:.0f} min | `{command}` |"
     )
@@ -73,8 +73,9 @@ def main() -> None:
     named_results = []
     for folder in args.folders:
         predictor, results = load_predictor(folder), json.loads((folder / "all_results.json").read_text())
-        print(row(folder, predictor, results, args.image, args.repeats))
-        named_results.append((model_name(predictor), results))
+        name = model_name(predictor)
+        print(row(folder, name, predictor, results, args.image, args.repeats))
+        named_results.append((name, results))
     print()
     print(spread_table(named_results))
 
