@@ -83,6 +83,7 @@ figures: on this data, test figures usually run several points lower.
 Decision threshold {metrics['threshold']:.4f}: {summary['threshold_rule']}.
 Calibration temperature {summary['temperature']:.3f} (fitted on the validation split; applied by `pneumo_hf`).
 {_views_line(summary['test_time_views'])}
+{_storage_line(summary['storage'])}
 Confusion matrix `[[TN, FP], [FN, TP]]`: {metrics['confusion_matrix']}.
 
 ![ROC](roc_curve.png) ![Confusion matrix](confusion_matrix.png) ![Training curves](training_curves.png)
@@ -133,6 +134,15 @@ def _views_line(views: list) -> str:
     if not views:
         return "No test-time augmentation."
     return f"Test-time augmentation: `pneumo_hf` averages the logits of the image and its views {views}; figures, temperature and threshold include it."
+
+
+def _storage_line(storage: dict[str, Any]) -> str:
+    change = storage["fp16_max_change"]
+    if storage["dtype"] == "float16":
+        return f"Weights stored in fp16: on validation no PNEUMONIA probability differs from fp32 by more than {change:.5f}; the figures above are the fp16 weights'."
+    if change is not None:
+        return f"Weights stored in fp32: fp16 would move a validation probability by {change:.4f}, over the tolerance."
+    return "Weights stored in fp32."
 
 
 def _eval_results(metrics: dict[str, Any]) -> list:

@@ -11,6 +11,7 @@ and `transformers.TimmWrapperForImageClassification.from_pretrained("runs/b0")` 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -70,6 +71,13 @@ class PneumoniaClassifier(nn.Module):
             return self.backbone(pixel_values)
         return self.backbone(pixel_values=pixel_values).logits
 
+    def fp16_rounded(self) -> "PneumoniaClassifier":
+        """A copy whose weights are rounded to fp16 and computed in fp32: what a folder saved with
+        `half=True` loads as, so its outputs can be checked before saving."""
+        rounded = copy.deepcopy(self)
+        rounded.backbone.half().float()
+        return rounded
+
     def save_pretrained(self, folder: Union[str, Path], half: bool = False) -> None:
         """Write config.json + model.safetensors (fp16 when `half`) in the family's own Hub format."""
         folder = Path(folder)
@@ -128,8 +136,6 @@ def _drop_num_classes_from_model_args(config_path: Path) -> None:
 
 
 def _half_copy(backbone: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(backbone).half()
 
 

@@ -77,6 +77,8 @@ class TrainingArguments:
     early_stopping_patience: Optional[int] = field(default=None, metadata={"help": "Stop after this many epochs without a better validation ROC-AUC."})
     test_time_views: list[str] = field(default_factory=list, metadata={"help": f"Test-time views ({', '.join(VIEWS)}) whose mean logits the stored temperature and threshold are fitted on and inference uses."})
     min_sensitivity: float = field(default=0.95, metadata={"help": "The stored threshold is the most specific one keeping this sensitivity on validation."})
+    save_fp16: bool = field(default=False, metadata={"help": "Store the weights in fp16 (half the size) if the validation PNEUMONIA probabilities stay within --fp16_tolerance of fp32; else keep fp32 and warn."})
+    fp16_tolerance: float = field(default=1e-3, metadata={"help": "Largest change of a validation probability that --save_fp16 accepts."})
     with_tracking: bool = field(default=False, metadata={"help": "Log metrics through Accelerate's trackers."})
     report_to: str = field(default="tensorboard", metadata={"help": "Tracker for --with_tracking (tensorboard, wandb, all)."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the model folder to --hub_model_id at the end."})
@@ -307,6 +309,18 @@ def _resume(accelerator: Accelerator, checkpoint: str, output_dir: Path) -> _Sta
     return state
 
 
+def _choose_storage(args: TrainingArguments, scores: np.ndarray, fp16_logits: Optional[np.ndarray], temperature: float) -> dict[str, Any]:
+    """fp16 when --save_fp16 and no validation probability moves by more than --fp16_tolerance; else fp32."""
+    if fp16_logits is None:
+        return {"dtype": "float32", "fp16_max_change": None}
+    change = float(np.abs(metrics.probabilities(fp16_logits, temperature)[:, 1] - scores).max())
+    if change > args.fp16_tolerance:
+        logger.warning("fp16 weights move a validation probability by %.4f, over --fp16_tolerance %g: the weights are stored in fp32.", change, args.fp16_tolerance)
+        return {"dtype": "float32", "fp16_max_change": change}
+    logger.info("Weights stored in fp16: validation probabilities within %.5f of fp32.", change)
+    return {"dtype": "float16", "fp16_max_change": change}
+
+
 def _finish(args, accelerator, classifier, validation_loader, state: _State, command: str, n_train: int, weights) -> dict[str, Any]:
     """Best weights back, temperature and threshold fitted on validation (with the test-time views),
     then the model folder. A finished run's folder is rewritten by resuming it with new --test_time_views."""
@@ -314,14 +328,18 @@ def _finish(args, accelerator, classifier, validation_loader, state: _State, com
     best = PneumoniaClassifier.from_pretrained(output_dir / "best_model")
     accelerator.unwrap_model(classifier).load_state_dict(best.state_dict())
     logits, labels = evaluate(classifier, validation_loader, accelerator, args.test_time_views)
+    fp16_logits = evaluate(classifier.fp16_rounded(), validation_loader, accelerator, args.test_time_views)[0] if args.save_fp16 else None
     if not accelerator.is_main_process:
         return {}
     classifier.test_time_views = tuple(args.test_time_views)
     classifier.temperature = metrics.fit_temperature(logits, labels)
     scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
     classifier.threshold = metrics.choose_threshold(labels, scores, args.min_sensitivity)
+    storage = _choose_storage(args, scores, fp16_logits, classifier.temperature)
+    if storage["dtype"] == "float16":
+        scores = metrics.probabilities(fp16_logits, classifier.temperature)[:, 1]  # the figures are those of the stored weights
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
-    classifier.save_pretrained(output_dir)
+    classifier.save_pretrained(output_dir, half=storage["dtype"] == "float16")
     metrics.plot_roc(labels, scores, output_dir / "roc_curve.png", "Validation ROC")
     metrics.plot_confusion(labels, scores, classifier.threshold, output_dir / "confusion_matrix.png", "Validation")
     metrics.plot_history(state.history, output_dir / "training_curves.png")
@@ -333,7 +351,10 @@ def _finish(args, accelerator, classifier, validation_loader, state: _State, com
         "skipped_images": state.skipped_images,
         "train_seconds": state.train_seconds,
         "trained_from_scratch": classifier.trained_from_scratch,
+        "weights_dtype": storage["dtype"],
     }
+    if storage["fp16_max_change"] is not None:
+        results["fp16_max_probability_change"] = storage["fp16_max_change"]
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "training_args.json").write_text(json.dumps(asdict(args), indent=2))
     summary = {
@@ -344,6 +365,7 @@ def _finish(args, accelerator, classifier, validation_loader, state: _State, com
         "threshold_rule": f"the most specific threshold that keeps validation sensitivity ≥ {args.min_sensitivity}",
         "temperature": classifier.temperature,
         "test_time_views": list(classifier.test_time_views),
+        "storage": storage,
         "input_size": list(classifier.data_config["input_size"]),
         "mean": list(classifier.data_config["mean"]),
         "std": list(classifier.data_config["std"]),

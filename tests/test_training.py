@@ -67,6 +67,23 @@ def test_resume_mid_epoch_continues_the_same_run(tmp_path, image_folder):
         assert (found[name] - tensor).abs().max() < 1e-5, name
 
 
+@pytest.mark.parametrize("tolerance, dtype", [(1.0, "float16"), (0.0, "float32")])
+def test_save_fp16_keeps_fp32_when_outputs_move_more_than_the_tolerance(tmp_path, trained_folder, image_folder, tolerance, dtype):
+    """Finishing the tiny run again with --save_fp16: fp16 on disk only within the tolerance, and the card says which."""
+    from safetensors import safe_open
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained_folder, folder)
+    train(tiny_args(folder, image_folder, per_device_train_batch_size=8, resume_from_checkpoint="latest", save_fp16=True, fp16_tolerance=tolerance))
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        stored = {str(weights.get_slice(name).get_dtype()) for name in weights.keys() if "num_batches_tracked" not in name}
+    assert stored == {"F16" if dtype == "float16" else "F32"}
+    results = json.loads((folder / "all_results.json").read_text())
+    assert results["weights_dtype"] == dtype and 0.0 < results["fp16_max_probability_change"] < 1.0
+    assert f"Weights stored in fp{dtype[-2:]}" in (folder / "README.md").read_text()
+    assert load_predictor(folder).predict(next((image_folder / "NORMAL").iterdir())).label in LABELS
+
+
 def test_split_seed_fixes_the_validation_split_across_seeds(tmp_path, image_folder):
     first = train(tiny_args(tmp_path / "a", image_folder, num_train_epochs=1, seed=1, split_seed=5))
     second = train(tiny_args(tmp_path / "b", image_folder, num_train_epochs=1, seed=2, split_seed=5))
