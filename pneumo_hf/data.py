@@ -158,11 +158,12 @@ def class_weights(labels: Sequence[int]) -> torch.Tensor:
     return torch.tensor(counts.sum() / (len(LABELS) * counts), dtype=torch.float32)
 
 
-def build_transform(data_config: dict[str, Any], train: bool = False, aug_strength: float = 1.0) -> v2.Compose:
+def build_transform(data_config: dict[str, Any], train: bool = False, aug_strength: float = 1.0, random_erasing: float = 0.0) -> v2.Compose:
     """The one preprocessing used by training, evaluation, inference and Grad-CAM.
 
     Grey → 3 channels, resize to the model's input size (aspect not kept, as in the training data),
-    normalise with the model's mean/std. Training adds radiograph-safe augmentation scaled by `aug_strength`."""
+    normalise with the model's mean/std. Training adds radiograph-safe augmentation scaled by `aug_strength`,
+    and with probability `random_erasing` a rectangle of noise (random erasing, as timm's `--reprob` with `--remode pixel`)."""
     height, width = data_config["input_size"][-2:]
     interpolation = InterpolationMode(data_config.get("interpolation", "bilinear"))
     steps: list[Any] = [v2.ToImage(), v2.Grayscale(num_output_channels=3), v2.Resize((height, width), interpolation=interpolation, antialias=True)]
@@ -173,6 +174,8 @@ def build_transform(data_config: dict[str, Any], train: bool = False, aug_streng
             v2.ColorJitter(brightness=0.2 * s, contrast=0.2 * s),
         ]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"]))]
+    if train and random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing, value="random"))
     return v2.Compose(steps)
 
 

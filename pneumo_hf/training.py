@@ -28,14 +28,14 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import metrics
-from .data import XrayDataset, build_transform, class_weights, collate, load_splits
+from .data import DataError, XrayDataset, build_transform, class_weights, collate, load_splits
 from .hub import push_folder, write_model_card
 from .models import PneumoniaClassifier, build_classifier
 from .tta import VIEWS, logits_with_views
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingArguments", "train", "evaluate", "make_loss", "run_splits", "split_seed"]
+__all__ = ["TrainingArguments", "train", "evaluate", "make_loss", "run_splits", "split_seed", "validation_split_of"]
 
 LOSSES = ("weighted_ce", "ce", "focal")
 
@@ -68,6 +68,7 @@ class TrainingArguments:
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy."})
     model_ema_decay: Optional[float] = field(default=None, metadata={"help": "Keep an exponential moving average of the weights (timm ModelEmaV3 with warm-up) up to this decay, e.g. 0.999; validation and the saved model use it."})
     aug_strength: float = field(default=1.0, metadata={"help": "Scale of rotation/shift/scale/brightness/contrast augmentation; 0 turns it off."})
+    random_erasing: float = field(default=0.0, metadata={"help": "Probability of erasing a random rectangle of each training image with noise (timm's --reprob, --remode pixel); 0 turns it off."})
     dataloader_num_workers: int = field(default=2, metadata={"help": "Worker processes decoding images."})
     seed: int = field(default=42, metadata={"help": "Seed for the init, the augmentation and the data order."})
     split_seed: Optional[int] = field(default=None, metadata={"help": "Seed of the patient-grouped validation split; default: --seed. Fix it to compare seeds on one split."})
@@ -101,6 +102,8 @@ class TrainingArguments:
         unknown_views = sorted(set(self.test_time_views) - set(VIEWS))
         if unknown_views:
             raise ValueError(f"--test_time_views {unknown_views}: choose from {sorted(VIEWS)}.")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise ValueError(f"--random_erasing {self.random_erasing}: give a probability between 0 and 1, e.g. 0.25.")
         if not 0.5 <= self.min_sensitivity <= 1.0:
             raise ValueError(f"--min_sensitivity {self.min_sensitivity}: give a value between 0.5 and 1.")
         output = Path(self.output_dir)
@@ -147,7 +150,7 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, views: Sequence
 def _loaders(args: TrainingArguments, classifier: PneumoniaClassifier, train_set, validation_set):
     loader_kwargs = {"collate_fn": collate, "num_workers": args.dataloader_num_workers, "persistent_workers": args.dataloader_num_workers > 0}
     train_loader = torch.utils.data.DataLoader(
-        XrayDataset(train_set, build_transform(classifier.data_config, train=True, aug_strength=args.aug_strength)),
+        XrayDataset(train_set, build_transform(classifier.data_config, train=True, aug_strength=args.aug_strength, random_erasing=args.random_erasing)),
         batch_size=args.per_device_train_batch_size, shuffle=True, **loader_kwargs,
     )
     validation_loader = torch.utils.data.DataLoader(
@@ -178,6 +181,14 @@ def split_seed(run: dict[str, Any]) -> int:
 def run_splits(run: dict[str, Any]) -> tuple[datasets.Dataset, datasets.Dataset]:
     """The (train, validation) splits of a run, from its arguments as a dict (its training_args.json)."""
     return load_splits(run["dataset_name"], run["train_dir"], run["validation_dir"], run["validation_fraction"], split_seed(run), run["max_train_samples"])
+
+
+def validation_split_of(folder: Path) -> datasets.Dataset:
+    """The validation split of the run that wrote model folder `folder`, rebuilt from its training_args.json."""
+    recorded = Path(folder) / "training_args.json"
+    if not recorded.is_file():
+        raise DataError(f"{folder} has no training_args.json to rebuild its validation split from; pass --data_dir or --dataset_name.")
+    return run_splits(json.loads(recorded.read_text()))[1]
 
 
 def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:

@@ -110,3 +110,16 @@ def test_evaluation_augmentation_is_deterministic():
     assert torch.equal(build_transform(config)(image), build_transform(config)(image))
     augmented = build_transform(config, train=True, aug_strength=2.0)
     assert not torch.equal(augmented(image), augmented(image))
+
+
+def test_random_erasing_fills_a_rectangle_with_noise_only_in_training():
+    config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    flat = Image.new("L", (64, 64), 128)
+    grey = (128 / 255 - 0.5) / 0.5
+    erased = build_transform(config, train=True, aug_strength=0.0, random_erasing=1.0)(flat)
+    changed = (erased - grey).abs() > 0.02
+    assert 0 < changed[0].sum() < 32 * 32  # part of the image, not all of it
+    rows, columns = changed[0].nonzero(as_tuple=True)
+    assert changed[0][rows.min() : rows.max() + 1, columns.min() : columns.max() + 1].float().mean() > 0.9  # one rectangle
+    evaluated = build_transform(config, random_erasing=1.0)(flat)
+    assert torch.allclose(evaluated, torch.full_like(evaluated, grey), atol=0.02)

@@ -19,7 +19,7 @@ from accelerate import Accelerator  # noqa: E402
 from pneumo_hf import metrics  # noqa: E402
 from pneumo_hf.data import DataError, XrayDataset, build_transform, collate, load_evaluation_set  # noqa: E402
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder  # noqa: E402
-from pneumo_hf.training import evaluate, run_splits  # noqa: E402
+from pneumo_hf.training import evaluate, validation_split_of  # noqa: E402
 from pneumo_hf.tta import VIEWS  # noqa: E402
 
 logger = logging.getLogger("evaluate")
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     folder = resolve_model_folder(args.model)
     classifier = PneumoniaClassifier.from_pretrained(folder)
-    dataset = training_validation_split(folder) if args.validation_split else load_evaluation_set(args.dataset_name, args.split, args.data_dir)
+    dataset = validation_split_of(folder) if args.validation_split else load_evaluation_set(args.dataset_name, args.split, args.data_dir)
     loader = torch.utils.data.DataLoader(XrayDataset(dataset, build_transform(classifier.data_config)), batch_size=args.batch_size, collate_fn=collate)
     accelerator = Accelerator()
     model, loader = accelerator.prepare(classifier, loader)
@@ -60,15 +60,6 @@ def run(args: argparse.Namespace) -> dict:
     metrics.plot_roc(labels, scores, output.with_name(output.stem + "_roc_curve.png"))
     metrics.plot_confusion(labels, scores, threshold, output.with_name(output.stem + "_confusion_matrix.png"))
     return results
-
-
-def training_validation_split(folder: Path):
-    """The validation split of the run that wrote `folder`, rebuilt from its training_args.json."""
-    recorded = folder / "training_args.json"
-    if not recorded.is_file():
-        raise DataError(f"{folder} has no training_args.json to rebuild its validation split from; pass --data_dir or --dataset_name.")
-    _, validation = run_splits(json.loads(recorded.read_text()))
-    return validation
 
 
 def print_table(results: dict) -> None:
