@@ -1,7 +1,7 @@
 """Grad-CAM through pytorch-grad-cam, with the target layer and reshape transform chosen per model family.
 
     from pneumo_hf.cam import HeatmapMaker, overlay
-    maker = HeatmapMaker(classifier)                 # built once, reused
+    maker = HeatmapMaker(classifier)
     maps, logits = maker(pixel_values)               # float32 (batch, H, W) in [0, 1] for PNEUMONIA, and the logits
 """
 
@@ -54,17 +54,24 @@ def _tokens_to_grid(height: int, width: int, prefix_tokens: int) -> Callable[[to
 
 
 class HeatmapMaker:
-    """One GradCAM object for the classifier's lifetime; call it on a normalised batch."""
+    """Grad-CAM for the classifier's PNEUMONIA output; call it on a normalised batch."""
 
     def __init__(self, classifier: PneumoniaClassifier):
-        layers, reshape = target_layers(classifier)
-        self.cam = GradCAM(model=classifier, target_layers=layers, reshape_transform=reshape)
+        self.classifier = classifier
+        self.layers, self.reshape = target_layers(classifier)
         self.target = ClassifierOutputTarget(LABEL2ID[POSITIVE_LABEL])
 
     def __call__(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Heatmaps (batch, H, W) in [0, 1], and the logits of the same forward pass."""
-        maps = self.cam(input_tensor=pixel_values, targets=[self.target] * len(pixel_values))
-        return np.clip(np.nan_to_num(maps), 0.0, 1.0).astype(np.float32), self.cam.outputs.detach()
+        # grad-cam's hooks keep the activations of every forward pass, so they live only for this call
+        # (released by hand: its context manager swallows IndexError).
+        cam = GradCAM(model=self.classifier, target_layers=self.layers, reshape_transform=self.reshape)
+        try:
+            maps = cam(input_tensor=pixel_values, targets=[self.target] * len(pixel_values))
+            logits = cam.outputs.detach()
+        finally:
+            cam.activations_and_grads.release()
+        return np.clip(np.nan_to_num(maps), 0.0, 1.0).astype(np.float32), logits
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, image_weight: float = 0.6) -> Image.Image:

@@ -37,3 +37,14 @@ def test_prediction_heatmap_has_the_input_size(name, kwargs):
     assert 0.0 <= prediction.heatmap.min() and prediction.heatmap.max() <= 1.0
     blended = overlay(prediction.image, prediction.heatmap)
     assert blended.size == (110, 150) and blended.mode == "RGB"
+
+
+def test_heatmap_hooks_do_not_outlive_the_call():
+    """grad-cam's hooks keep every forward pass's activations; after a heatmap, plain predictions must not feed them."""
+    predictor = Predictor(build_classifier("resnet18", image_size=64))
+    image = xray_like(1, (80, 80), pneumonia=False)
+    first = predictor.predict(image, heatmap=True)
+    assert not any(module._forward_hooks or module._backward_hooks for module in predictor.classifier.modules())
+    predictor.predict(image)
+    again = predictor.predict(image, heatmap=True)
+    assert np.array_equal(first.heatmap, again.heatmap) and first.probabilities == again.probabilities
