@@ -209,3 +209,13 @@ def test_compare_tables_each_run_and_the_spread_over_seeds(tmp_path, trained_fol
     assert len(rows) == 3  # two runs, then one summary row
     assert rows[0][1:3] == ["42", "42"] and rows[0][3] == f"{first_auc:.3f}" and "pytest" in rows[0][-1]
     assert rows[2][1:3] == ["2", f"{first_auc - 0.05:.3f} ± {0.1 / 2 ** 0.5:.3f}"]
+
+
+def test_occlusion_tables_each_greyed_border(trained_folder):
+    result = subprocess.run([sys.executable, str(ROOT / "train" / "occlusion.py"), "--model", str(trained_folder), "--fraction", "0.25"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split(" | ")[0].strip("| ") for row in rows] == ["none", "left", "right", "top", "bottom"]
+    assert rows[0].endswith("| 0.0000 | 0 of 6 | 0 of 6 |")
+    missing = subprocess.run([sys.executable, str(ROOT / "train" / "occlusion.py"), "--model", str(ROOT / "tests")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "no config.json" in missing.stderr
