@@ -334,7 +334,8 @@ def _choose_storage(args: TrainingArguments, scores: np.ndarray, fp16_logits: Op
 
 def _finish(args, accelerator, classifier, validation_loader, state: _State, command: str, n_train: int, weights) -> dict[str, Any]:
     """Best weights back, temperature and threshold fitted on validation (with the test-time views),
-    then the model folder. A finished run's folder is rewritten by resuming it with new --test_time_views."""
+    then the model folder (fp16 with --save_fp16, if within tolerance). A finished run's folder is rewritten by
+    resuming it with new --test_time_views or --save_fp16."""
     output_dir = Path(args.output_dir)
     best = PneumoniaClassifier.from_pretrained(output_dir / "best_model")
     accelerator.unwrap_model(classifier).load_state_dict(best.state_dict())
