@@ -320,16 +320,18 @@ def _resume(accelerator: Accelerator, checkpoint: str, output_dir: Path) -> _Sta
     return state
 
 
-def _choose_storage(args: TrainingArguments, scores: np.ndarray, fp16_logits: Optional[np.ndarray], temperature: float) -> dict[str, Any]:
-    """fp16 when --save_fp16 and no validation probability moves by more than --fp16_tolerance; else fp32."""
+def _choose_storage(args: TrainingArguments, scores: np.ndarray, fp16_logits: Optional[np.ndarray], temperature: float) -> tuple[dict[str, Any], np.ndarray]:
+    """fp16 when --save_fp16 and no validation probability moves by more than --fp16_tolerance, else fp32;
+    and the validation scores of the weights so stored."""
     if fp16_logits is None:
-        return {"dtype": "float32", "fp16_max_change": None}
-    change = float(np.abs(metrics.probabilities(fp16_logits, temperature)[:, 1] - scores).max())
+        return {"dtype": "float32", "fp16_max_change": None}, scores
+    fp16_scores = metrics.probabilities(fp16_logits, temperature)[:, 1]
+    change = float(np.abs(fp16_scores - scores).max())
     if change > args.fp16_tolerance:
         logger.warning("fp16 weights move a validation probability by %.4f, over --fp16_tolerance %g: the weights are stored in fp32.", change, args.fp16_tolerance)
-        return {"dtype": "float32", "fp16_max_change": change}
+        return {"dtype": "float32", "fp16_max_change": change}, scores
     logger.info("Weights stored in fp16: validation probabilities within %.5f of fp32.", change)
-    return {"dtype": "float16", "fp16_max_change": change}
+    return {"dtype": "float16", "fp16_max_change": change}, fp16_scores
 
 
 def _finish(args, accelerator, classifier, validation_loader, state: _State, command: str, n_train: int, weights) -> dict[str, Any]:
@@ -347,9 +349,7 @@ def _finish(args, accelerator, classifier, validation_loader, state: _State, com
     classifier.temperature = metrics.fit_temperature(logits, labels)
     scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
     classifier.threshold = metrics.choose_threshold(labels, scores, args.min_sensitivity)
-    storage = _choose_storage(args, scores, fp16_logits, classifier.temperature)
-    if storage["dtype"] == "float16":
-        scores = metrics.probabilities(fp16_logits, classifier.temperature)[:, 1]  # the figures are those of the stored weights
+    storage, scores = _choose_storage(args, scores, fp16_logits, classifier.temperature)  # the figures are the stored weights'
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
     classifier.save_pretrained(output_dir, half=storage["dtype"] == "float16")
     metrics.plot_roc(labels, scores, output_dir / "roc_curve.png", "Validation ROC")

@@ -1,7 +1,7 @@
 """Does a model lean on the image's borders? Its validation split scored again with a strip of each
-side greyed out (the normalised mean): ROC-AUC, mean change of the PNEUMONIA probability and
-the decisions that change at the stored threshold, each way. A shortcut through markers or collimation edges shows up
-as a large drop.
+side greyed out (the normalised mean): ROC-AUC, mean change of the PNEUMONIA probability and the
+decisions that change at the stored threshold, each way. A shortcut through markers or collimation
+edges shows up as a large drop.
 
     python train/occlusion.py --model pneumo_hf/default_model --fraction 0.12
 """
@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a cl
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from pneumo_hf import metrics  # noqa: E402
 from pneumo_hf.data import DataError, XrayDataset, build_transform, collate  # noqa: E402
@@ -31,10 +30,12 @@ SIDES = ("none", "left", "right", "top", "bottom")
 def greyed(loader, side: str, fraction: float):
     """The loader's batches with a `fraction` of the image on `side` set to 0 (the mean after normalisation)."""
     for batch in loader:
+        if side == "none":
+            yield batch
+            continue
         pixels = batch["pixel_values"].clone()
         height, width = pixels.shape[-2:]
         strip = {
-            "none": np.s_[..., :0],
             "left": np.s_[..., : round(fraction * width)],
             "right": np.s_[..., width - round(fraction * width) :],
             "top": np.s_[..., : round(fraction * height), :],
@@ -58,7 +59,7 @@ def run(model: str, fraction: float) -> list[dict]:
         positive, was_positive = scores >= classifier.threshold, reference >= classifier.threshold
         rows.append({
             "side": side,
-            "roc_auc": roc_auc_score(labels, scores),
+            "roc_auc": metrics.classification_metrics(labels, scores, classifier.threshold)["roc_auc"],
             "mean_change": float(np.abs(scores - reference).mean()),
             "to_pneumonia": int((positive & ~was_positive).sum()),
             "to_normal": int((~positive & was_positive).sum()),
