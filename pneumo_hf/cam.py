@@ -1,32 +1,38 @@
-"""Grad-CAM through pytorch-grad-cam, with the target layer and reshape transform chosen per model family.
+"""Heatmaps for PNEUMONIA: the class activation map in the prediction's own forward pass where the maths
+allows (a CNN whose head is global average pooling then one linear layer), else Grad-CAM through
+pytorch-grad-cam with the target layer and reshape transform chosen per model family.
 
     from pneumo_hf.cam import HeatmapMaker, overlay
     maker = HeatmapMaker(classifier)
-    maps, logits = maker(pixel_values)               # float32 (batch, H, W) in [0, 1] for PNEUMONIA, and the logits
+    maps, logits = maker(pixel_values, views=("hflip",))   # float32 (batch, H, W) in [0, 1], logits averaged over views
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import threading
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from .labels import LABEL2ID, POSITIVE_LABEL
 from .models import PneumoniaClassifier
+from .tta import mean_over_views, with_views
 
-__all__ = ["target_layers", "HeatmapMaker", "overlay"]
+__all__ = ["target_layers", "class_activation_head", "HeatmapMaker", "overlay"]
 
 ReshapeTransform = Optional[Callable[[torch.Tensor], torch.Tensor]]
+POSITIVE_ID = LABEL2ID[POSITIVE_LABEL]
 
 
 def target_layers(classifier: PneumoniaClassifier) -> tuple[list[nn.Module], ReshapeTransform]:
-    """The layer Grad-CAM reads for each family, and for transformers the token → grid reshape."""
+    """The layer Grad-CAM reads for each family (a CNN's last feature map, after its activation), and
+    for transformers the token → grid reshape."""
     backbone = classifier.backbone
     if classifier.family == "transformers":
         config = backbone.config
@@ -39,8 +45,8 @@ def target_layers(classifier: PneumoniaClassifier) -> tuple[list[nn.Module], Res
         return [backbone.blocks[-1].norm1], _tokens_to_grid(grid_h, grid_w, getattr(backbone, "num_prefix_tokens", 1))
     if hasattr(backbone, "layer4"):  # timm ResNet family
         return [backbone.layer4[-1]], None
-    if hasattr(backbone, "conv_head"):  # timm EfficientNet / MobileNet
-        return [backbone.conv_head], None
+    if hasattr(backbone, "conv_head") and hasattr(backbone, "bn2"):  # timm EfficientNet / MobileNet: bn2 holds the activation
+        return [backbone.bn2], None
     last_stage = backbone.feature_info[-1]["module"]  # any other timm CNN: its last feature stage
     return [backbone.get_submodule(last_stage)], None
 
@@ -53,25 +59,72 @@ def _tokens_to_grid(height: int, width: int, prefix_tokens: int) -> Callable[[to
     return reshape
 
 
+def class_activation_head(classifier: PneumoniaClassifier) -> Optional[nn.Linear]:
+    """The linear head of a timm CNN whose `forward_head` is global average pooling then that layer, else None.
+    For such a head Grad-CAM at the last feature map is the class activation map (the head's row / (H·W)).
+    Checked on the module itself, so a head with a norm or an MLP after the pooling falls back to Grad-CAM."""
+    backbone = classifier.backbone
+    if classifier.family != "timm" or not hasattr(backbone, "forward_head") or hasattr(backbone, "patch_embed"):
+        return None
+    head = backbone.get_classifier()
+    if not isinstance(head, nn.Linear):
+        return None
+    features = torch.randn(2, head.in_features, 3, 2, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        same = torch.allclose(backbone.forward_head(features), head(features.mean(dim=(2, 3))), atol=1e-5)
+    return head if same else None
+
+
 class HeatmapMaker:
-    """Grad-CAM for the classifier's PNEUMONIA output; call it on a normalised batch."""
+    """Heatmaps for the classifier's PNEUMONIA output; call it on a normalised batch."""
 
     def __init__(self, classifier: PneumoniaClassifier):
         self.classifier = classifier
+        self.head = class_activation_head(classifier)
         self.layers, self.reshape = target_layers(classifier)
-        self.target = ClassifierOutputTarget(LABEL2ID[POSITIVE_LABEL])
+        self._grad_cam_lock = threading.Lock()  # grad-cam's hooks hold per-call state on the shared model
 
-    def __call__(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Heatmaps (batch, H, W) in [0, 1], and the logits of the same forward pass."""
+    def __call__(self, pixel_values: torch.Tensor, views: Sequence[str] = ()) -> tuple[np.ndarray, torch.Tensor]:
+        """Heatmaps (batch, H, W) in [0, 1] of the images themselves, and their logits averaged over
+        the images and their test-time `views`."""
+        if self.head is not None:
+            return self._class_activation_maps(pixel_values, views)
+        maps, logits = self.grad_cam(pixel_values)
+        if views:
+            with torch.inference_mode():
+                view_logits = self.classifier(with_views(pixel_values, views)[len(pixel_values) :])
+            logits = mean_over_views(torch.cat([logits, view_logits]), len(pixel_values))
+        return maps, logits
+
+    def _class_activation_maps(self, pixel_values: torch.Tensor, views: Sequence[str]) -> tuple[np.ndarray, torch.Tensor]:
+        """One forward pass for the images and their views; the maps come from its last feature map."""
+        backbone = self.classifier.backbone
+        with torch.inference_mode():
+            features = backbone.forward_features(with_views(pixel_values, views))
+            logits = mean_over_views(backbone.forward_head(features), len(pixel_values))
+            own = features[: len(pixel_values)].float()
+            cams = torch.einsum("bkhw,k->bhw", own, self.head.weight[POSITIVE_ID].float()) / (own.shape[-2] * own.shape[-1])
+        return _scaled(cams.clamp(min=0).numpy(), pixel_values), logits
+
+    def grad_cam(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """pytorch-grad-cam at `target_layers`: heatmaps and the logits of its forward pass."""
         # grad-cam's hooks keep the activations of every forward pass, so they live only for this call
         # (released by hand: its context manager swallows IndexError).
-        cam = GradCAM(model=self.classifier, target_layers=self.layers, reshape_transform=self.reshape)
-        try:
-            maps = cam(input_tensor=pixel_values, targets=[self.target] * len(pixel_values))
-            logits = cam.outputs.detach()
-        finally:
-            cam.activations_and_grads.release()
+        with self._grad_cam_lock:
+            cam = GradCAM(model=self.classifier, target_layers=self.layers, reshape_transform=self.reshape)
+            try:
+                maps = cam(input_tensor=pixel_values, targets=[ClassifierOutputTarget(POSITIVE_ID)] * len(pixel_values))
+                logits = cam.outputs.detach()
+            finally:
+                cam.activations_and_grads.release()
         return np.clip(np.nan_to_num(maps), 0.0, 1.0).astype(np.float32), logits
+
+
+def _scaled(cams: np.ndarray, pixel_values: torch.Tensor) -> np.ndarray:
+    """grad-cam's own post-processing of one layer's maps: min-max per map, resized to the input, then again."""
+    size = (pixel_values.shape[-1], pixel_values.shape[-2])
+    maps = np.maximum(scale_cam_image(cams, size), 0)
+    return np.clip(np.nan_to_num(scale_cam_image(maps)), 0.0, 1.0).astype(np.float32)
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, image_weight: float = 0.6) -> Image.Image:

@@ -8,10 +8,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_MODEL_DIR", "Prediction", "Predictor", "load_predictor"]
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+DEFAULT_MODEL_NAME = "pneumo_hf default model"
 
 
 @dataclass
@@ -45,37 +47,45 @@ class Prediction:
 
 
 class Predictor:
-    """A loaded classifier with its preprocessing, threshold, temperature and Grad-CAM."""
+    """A loaded classifier with its preprocessing, threshold, temperature, test-time views and heatmaps."""
 
-    def __init__(self, classifier: PneumoniaClassifier, folder: Optional[Path] = None):
+    def __init__(self, classifier: PneumoniaClassifier, folder: Optional[Path] = None, name: Optional[str] = None):
         self.classifier = classifier.eval()
         self.folder = folder  # the model folder, for its card and plots
+        self.name = name or (str(folder) if folder else classifier.architecture)
         self.transform = build_transform(classifier.data_config)
         self._heatmaps = None
-        self._lock = threading.Lock()  # Grad-CAM hooks hold per-call state
 
     @property
     def threshold(self) -> float:
         return self.classifier.threshold
+
+    @cached_property
+    def revision(self) -> Optional[str]:
+        """The Hub commit of a downloaded model, else the start of the SHA-256 of its weights file."""
+        if self.folder is None:
+            return None
+        if self.folder.parent.name == "snapshots":  # huggingface_hub's cache layout: snapshots/<commit>/
+            return self.folder.name
+        weights = self.folder / "model.safetensors"
+        return "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else None
 
     def predict(self, source: ImageSource, heatmap: bool = False) -> Prediction:
         """One image: a path (any image type or DICOM), bytes, a PIL image or a numpy array."""
         return self.predict_batch([source], heatmap=heatmap)[0]
 
     def predict_batch(self, sources: Sequence[ImageSource], heatmap: bool = False) -> list[Prediction]:
-        """Several images in one forward pass. Raises `ImageError` for the first unreadable one."""
+        """Several images, with their test-time views, in one forward pass. Raises `ImageError` for the
+        first unreadable one."""
         images = [load_image(source) for source in sources]
         pixel_values = torch.stack([self.transform(image) for image in images])
+        views = self.classifier.test_time_views
         if heatmap:
-            with self._lock:
-                maps, logits = self._heatmap_maker()(pixel_values)
+            maps, logits = self._heatmap_maker()(pixel_values, views)
         else:
             maps = [None] * len(images)
             with torch.inference_mode():
-                logits = self.classifier(pixel_values)
-        if self.classifier.test_time_views:
-            with torch.inference_mode():
-                logits = logits_with_views(self.classifier, pixel_values, self.classifier.test_time_views, logits)
+                logits = logits_with_views(self.classifier, pixel_values, views)
         scores = torch.softmax(logits.float() / self.classifier.temperature, dim=1).numpy()
         return [self._prediction(image, score, cam) for image, score, cam in zip(images, scores, maps)]
 
@@ -104,6 +114,8 @@ def load_predictor(name_or_path: Union[str, os.PathLike, None] = None) -> Predic
     if name_or_path is None:
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise ModelError("No default model ships with this install; pass a model folder or Hub id, e.g. load_predictor('runs/b0'), or set PNEUMO_MODEL for the app.")
-        name_or_path = DEFAULT_MODEL_DIR
+        name_or_path, name = DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
+    else:
+        name = str(name_or_path)
     folder = resolve_model_folder(name_or_path)
-    return Predictor(PneumoniaClassifier.from_pretrained(folder), folder=folder)
+    return Predictor(PneumoniaClassifier.from_pretrained(folder), folder=folder, name=name)

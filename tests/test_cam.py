@@ -1,4 +1,5 @@
-"""Grad-CAM for each family: the right shape, the [0, 1] range, at the input's size."""
+"""Heatmaps for each family: the right shape, the [0, 1] range, at the input's size; the one-pass class
+activation map of the CNNs equals pytorch-grad-cam's Grad-CAM."""
 
 import numpy as np
 import pytest
@@ -6,8 +7,9 @@ import torch
 
 from conftest import TINY_VIT, xray_like
 from pneumo_hf.cam import HeatmapMaker, overlay
-from pneumo_hf.inference import Predictor
-from pneumo_hf.models import build_classifier
+from pneumo_hf.inference import DEFAULT_MODEL_DIR, Predictor
+from pneumo_hf.models import PneumoniaClassifier, build_classifier
+from pneumo_hf.tta import logits_with_views
 
 FAMILIES = [
     ("resnet18", {}),
@@ -48,3 +50,37 @@ def test_heatmap_hooks_do_not_outlive_the_call():
     predictor.predict(image)
     again = predictor.predict(image, heatmap=True)
     assert np.array_equal(first.heatmap, again.heatmap) and first.probabilities == again.probabilities
+
+
+def _random_head(name: str) -> PneumoniaClassifier:
+    torch.manual_seed(0)
+    model = build_classifier(name, image_size=128).eval()
+    torch.nn.init.uniform_(model.backbone.get_classifier().weight)  # timm may zero-init the head, and a map all below zero is blank: neither proves anything
+    return model
+
+
+@pytest.mark.parametrize("model", [lambda: _random_head("resnet18"), lambda: _random_head("resnet50"), lambda: _random_head("efficientnet_b0"), lambda: PneumoniaClassifier.from_pretrained(DEFAULT_MODEL_DIR).eval()], ids=["resnet18", "resnet50", "efficientnet_b0", "shipped_b0"])
+def test_one_pass_heatmap_equals_grad_cam_for_cnns(model):
+    model = model()
+    maker = HeatmapMaker(model)
+    assert maker.head is not None  # the class activation map path, no backward pass
+    size = model.data_config["input_size"][-1]
+    pixel_values = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
+    maps, logits = maker(pixel_values)
+    reference, reference_logits = maker.grad_cam(pixel_values)
+    assert reference.max() > 0.5  # real maps, not all zero
+    assert np.abs(maps - reference).max() < 1e-5
+    assert torch.allclose(logits, reference_logits, atol=1e-5)
+
+
+def test_one_pass_heatmap_sends_the_views_through_in_the_same_batch():
+    model = _random_head("efficientnet_b0")
+    pixel_values = torch.randn(2, 3, 128, 128)
+    _, logits = HeatmapMaker(model)(pixel_values, views=("hflip", "zoom"))
+    with torch.inference_mode():
+        assert torch.allclose(logits, logits_with_views(model, pixel_values, ("hflip", "zoom")), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, kwargs", FAMILIES[2:])
+def test_transformers_keep_grad_cam(name, kwargs):
+    assert HeatmapMaker(build_classifier(name, image_size=64, **kwargs)).head is None
