@@ -1,4 +1,4 @@
-"""The Space: upload a chest X-ray (JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM), get NORMAL/PNEUMONIA and a Grad-CAM heatmap.
+"""The Space: upload a chest X-ray (JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM), get NORMAL/PNEUMONIA and a heatmap.
 
     python app.py                                    # http://127.0.0.1:7860, the model shipped in pneumo_hf
     PNEUMO_MODEL=runs/b0 python app.py               # a local model folder or a Hub repo id
@@ -9,15 +9,23 @@
 from __future__ import annotations
 
 import os
+
+# One OpenMP thread per worker, set before torch loads: two workers each spinning two threads on two cores
+# served 0.64 of Gradio's ceiling, one thread each 0.87 (README, "App speed"); torch.set_num_threads does not
+# reach Gradio's worker threads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import re
+import uuid
 from functools import lru_cache
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 import gradio as gr
+from gradio.components.label import LabelConfidence, LabelData
 
 from pneumo_hf import ImageError, ModelError, Prediction, Predictor, load_predictor
 from pneumo_hf.cam import overlay
-from pneumo_hf.examples import find_examples
+from pneumo_hf.examples import find_examples, hub_examples
 from pneumo_hf.imaging import MAX_FILE_BYTES, load_image
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
 
@@ -25,8 +33,26 @@ DEFAULT = "default (shipped in pneumo_hf)"
 FILE_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm"]
 NOTICE = (
     "**Not a medical device.** A research demo trained on pediatric (age 1–5) anterior-posterior chest films "
-    "from one hospital. Do not use it to diagnose or treat anyone."
+    "from one hospital. Do not use it to diagnose or treat anyone. On adults' films it does worse than chance "
+    "(ROC-AUC 0.43 on the maintainers' external adult set) and does not yet warn that a film is an adult's."
 )
+KEEP_FILES_SECONDS = int(os.environ.get("PNEUMO_KEEP_FILES_SECONDS", 600))  # uploads and outputs, then deleted
+OVERLAY_MAX_SIDE = 1024  # the page shows the overlay at most 360 px high
+CONCURRENCY = int(os.environ.get("PNEUMO_CONCURRENCY", 2))  # one worker per core of a free Space
+
+
+class DecisionLabel(gr.Label):
+    """A `gr.Label` whose heading is the decision taken at the model's threshold (gr.Label alone heads with the
+    largest confidence, which contradicts the decision whenever the threshold is not 0.5); the confidences stay
+    the calibrated probabilities."""
+
+    is_template = True  # drawn by gr.Label's own front end
+
+    def postprocess(self, value: Any) -> Any:
+        if isinstance(value, Prediction):
+            ranked = sorted(value.probabilities.items(), key=lambda item: -item[1])
+            return LabelData(label=value.label, confidences=[LabelConfidence(label=name, confidence=p) for name, p in ranked])
+        return super().postprocess(value)
 
 
 def model_choices() -> list[str]:
@@ -41,23 +67,65 @@ def get_predictor(name: str) -> Predictor:
     return load_predictor(None if name == DEFAULT else name)
 
 
-def predict(file: Optional[str], model_name: str) -> tuple[dict[str, float], object, Optional[Prediction]]:
-    """The /predict endpoint: label confidences, then the heatmap overlay."""
+def _predict(file: Optional[str], model_name: str, heatmap: bool) -> Prediction:
     if not file:
         raise gr.Error("Upload a chest X-ray first (JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM).")
     try:
-        prediction = get_predictor(model_name).predict(file, heatmap=True)
+        return get_predictor(model_name).predict(file, heatmap=heatmap)
     except (ImageError, ModelError) as error:
         raise gr.Error(str(error)) from None
-    return prediction.probabilities, overlay(prediction.image, prediction.heatmap), prediction
+
+
+def overlay_file(prediction: Prediction) -> str:
+    """The heatmap over the film as a JPEG under a name of its own in Gradio's cache: served as it is, removed
+    with the cache, and never shared by two requests (identical outputs under one cached name raced)."""
+    blended = overlay(prediction.image, prediction.heatmap)
+    blended.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
+    folder = Path(gr.utils.get_upload_folder()) / "overlays"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.jpg"
+    blended.save(path, quality=90)
+    return str(path)
+
+
+def predict(file: Optional[str], model_name: str) -> tuple[Prediction, str, Prediction]:
+    """The /predict endpoint: label confidences (headed by the decision), then the heatmap overlay."""
+    prediction = _predict(file, model_name, heatmap=True)
+    return prediction, overlay_file(prediction), prediction
+
+
+def details_of(prediction: Optional[Prediction], model_name: str) -> Optional[dict[str, Any]]:
+    if prediction is None:
+        return None
+    predictor = get_predictor(model_name)
+    return {
+        "decision": prediction.label,
+        "probabilities": prediction.probabilities,
+        "threshold": prediction.threshold,
+        "warnings": prediction.warnings,
+        "model": {"name": predictor.name, "revision": predictor.revision},
+    }
+
+
+def details(file: Optional[str], model_name: str) -> dict[str, Any]:
+    """The /details endpoint: decision, probabilities, threshold, warnings and model as one JSON object."""
+    return details_of(_predict(file, model_name, heatmap=False), model_name)
 
 
 def describe(prediction: Optional[Prediction]) -> str:
+    """What sits beside the decision: the calibrated probability, the threshold, and any warning."""
     if prediction is None:
         return ""
-    lines = [f"### Decision: **{prediction.label}**", f"PNEUMONIA probability {prediction.probabilities['PNEUMONIA']:.3f}, decided at the model's threshold {prediction.threshold:.3f}."]
-    lines += [f"⚠️ {warning}" for warning in prediction.warnings]
+    pneumonia = prediction.probabilities["PNEUMONIA"]
+    lines = [f"Calibrated PNEUMONIA probability **{pneumonia:.1%}**; the model says PNEUMONIA from **{prediction.threshold:.1%}** up, so this film is **{prediction.label}**."]
+    lines += [f"⚠️ **{warning}**" for warning in prediction.warnings]
     return "\n\n".join(lines)
+
+
+def show_example(file: str, model_name: str) -> tuple[Prediction, str, str]:
+    """A click on an example: all that an upload shows, in one call so that it can be cached."""
+    prediction = _predict(file, model_name, heatmap=True)
+    return prediction, overlay_file(prediction), describe(prediction)
 
 
 def preview(file: Optional[str]):
@@ -84,14 +152,30 @@ def about(model_name: str) -> tuple[str, list]:
     return card, plots
 
 
+@lru_cache(maxsize=1)
+def _hub_examples() -> tuple[str, ...]:
+    return tuple(str(path) for path in hub_examples())
+
+
+def more_examples():
+    """After the page is up: films from the Hub data set's test split, when the Hub can be reached (looked up once)."""
+    paths = list(_hub_examples())
+    return gr.Gallery(value=paths, visible=bool(paths))
+
+
+def pick_more(event: gr.SelectData) -> str:
+    return event.value["image"]["path"]
+
+
 def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
-    """The whole page; `examples_dir` defaults to PNEUMO_EXAMPLES_DIR."""
+    """The whole page; `examples_dir` defaults to PNEUMO_EXAMPLES_DIR, else the films shipped in pneumo_hf."""
     choices = model_choices()
+    model_ready = choices != [DEFAULT] or (DEFAULT_MODEL_DIR / "config.json").is_file()
     examples, examples_note = find_examples(examples_dir or os.environ.get("PNEUMO_EXAMPLES_DIR"))
-    with gr.Blocks(title="Pneumonia on chest X-rays") as demo:
+    with gr.Blocks(title="Pneumonia on chest X-rays", delete_cache=(max(1, KEEP_FILES_SECONDS // 2), KEEP_FILES_SECONDS)) as demo:
         gr.Markdown("# Pneumonia on chest X-rays\nDrop in a chest X-ray (JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM) to see NORMAL/PNEUMONIA and where the model looked.")
         gr.Markdown(NOTICE, elem_id="notice")
-        if choices == [DEFAULT] and not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        if not model_ready:
             gr.Markdown("**No model is set up.** Set `PNEUMO_MODEL` to a model folder or Hub id (e.g. `PNEUMO_MODEL=runs/b0 python app.py`).")
         with gr.Tab("Predict"):
             with gr.Row():
@@ -99,25 +183,37 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
                     upload = gr.File(label="Chest X-ray", file_types=FILE_TYPES, type="filepath")
                     model = gr.Dropdown(choices, value=choices[0], label="Model", visible=len(choices) > 1)
                     button = gr.Button("Predict", variant="primary")
-                    image = gr.Image(label="Your image", type="pil", interactive=False, height=360)
+                    image = gr.Image(label="Your image", type="filepath", interactive=False, height=360)
                 with gr.Column():
-                    label = gr.Label(label="Probabilities", num_top_classes=2)
+                    label = DecisionLabel(label="Decision (calibrated probabilities below)", num_top_classes=2, elem_id="decision-label")
                     decision = gr.Markdown(elem_id="decision")
-                    heatmap = gr.Image(label="Grad-CAM heatmap (where the model looked for PNEUMONIA)", type="pil", interactive=False, height=360)
+                    heatmap = gr.Image(label="Heatmap (where the model looked for PNEUMONIA)", interactive=False, height=360)
+                    with gr.Accordion("For programmers: what /details returns for this film", open=False):
+                        details_json = gr.JSON(label="details")
             state = gr.State()
+            if examples and model_ready:
+                gr.Examples(
+                    [[str(path)] for path in examples], inputs=image, outputs=[label, heatmap, decision], fn=lambda file: show_example(file, choices[0]),
+                    cache_examples=True, cache_mode="lazy", examples_per_page=8, api_visibility="private",
+                    label="Examples (click one)" if len(choices) == 1 else f"Examples (click one; answered by {choices[0]})",
+                )
             gr.Markdown(examples_note)
-            if examples:
-                gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples (click one)")
+            more = gr.Gallery(label="More examples: the Hub data set's test split (click one)", visible=False, columns=8, height="auto", allow_preview=False)
         with gr.Tab("About this model"):
             card = gr.Markdown()
             plots = gr.Gallery(label="Validation plots", columns=3, height="auto")
         upload.change(preview, inputs=upload, outputs=image, api_visibility="private")
         gr.on([button.click, upload.upload], predict, inputs=[upload, model], outputs=[label, heatmap, state], api_name="predict").then(
             describe, inputs=state, outputs=decision, api_visibility="private"
+        ).then(details_of, inputs=[state, model], outputs=details_json, api_visibility="private")
+        gr.Button(visible=False).click(details, inputs=[upload, model], outputs=details_json, api_name="details")
+        more.select(pick_more, outputs=upload, api_visibility="private").then(predict, inputs=[upload, model], outputs=[label, heatmap, state], api_visibility="private").then(
+            describe, inputs=state, outputs=decision, api_visibility="private"
         )
         model.change(about, inputs=model, outputs=[card, plots], api_visibility="private")
         demo.load(about, inputs=model, outputs=[card, plots], api_visibility="private")
-    demo.queue(default_concurrency_limit=2, max_size=32)
+        demo.load(more_examples, outputs=more, api_visibility="private")
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     return demo
 
 

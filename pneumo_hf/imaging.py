@@ -144,9 +144,11 @@ def _from_dicom(data: bytes) -> Image.Image:
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
     _check_pixels(columns, rows)
     try:
-        pixels = dataset.pixel_array
+        pixels = dataset.pixel_array  # compressed syntaxes through pylibjpeg (libjpeg, openjpeg) and pydicom's own RLE
     except Exception as error:
-        raise ImageError(f"The DICOM pixels cannot be decoded ({error}); export it uncompressed or as PNG.") from None
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        stored = f"stored as {syntax.name} ({syntax})" if syntax else "with no transfer syntax"
+        raise ImageError(f"The DICOM pixels, {stored}, cannot be decoded here ({error}); export the film uncompressed, or as JPEG Lossless, JPEG-LS, JPEG 2000 or RLE.") from error
     if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))

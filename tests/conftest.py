@@ -27,8 +27,8 @@ def xray_like(seed: int, size=(48, 40), pneumonia: bool = False) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", slope: float = 1.0, intercept: float = 0.0, with_pixels: bool = True) -> bytes:
-    """A minimal valid DICOM file (explicit VR little endian) holding `pixels` (uint8 or uint16)."""
+def dicom_dataset(pixels: np.ndarray, photometric: str = "MONOCHROME2", slope: float = 1.0, intercept: float = 0.0, with_pixels: bool = True):
+    """A minimal valid DICOM data set (explicit VR little endian) holding `pixels` (uint8, or uint16 of 12 bits or more)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -40,15 +40,49 @@ def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", slope: floa
     dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     dataset.Modality = "CR"
     if with_pixels:
-        bits = 16 if pixels.dtype == np.uint16 else 8
+        bits = 8 if pixels.dtype == np.uint8 else max(12, int(pixels.max()).bit_length())
         dataset.Rows, dataset.Columns = pixels.shape
         dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
-        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = bits, bits, bits - 1, 0
+        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8 if bits == 8 else 16, bits, bits - 1, 0
         dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
         dataset.PixelData = pixels.tobytes()
+    return dataset
+
+
+def dicom_bytes(dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", slope: float = 1.0, intercept: float = 0.0, with_pixels: bool = True) -> bytes:
+    """A minimal valid DICOM file (explicit VR little endian) holding `pixels` (uint8 or uint16)."""
+    return dicom_bytes(dicom_dataset(pixels, photometric, slope, intercept, with_pixels))
+
+
+def compressed_dicom(pixels: np.ndarray, syntax: str) -> bytes:
+    """The DICOM of `pixels` in the compressed transfer syntax `syntax` (a UID), as a PACS exports it: pydicom
+    encodes RLE and JPEG 2000 itself; imagecodecs (libjpeg-turbo, CharLS) writes the JPEG family."""
+    import imagecodecs
+    from pydicom import uid
+    from pydicom.encaps import encapsulate
+
+    dataset = dicom_dataset(pixels)
+    if syntax in (uid.RLELossless, uid.JPEG2000Lossless):
+        dataset.compress(syntax)
+        return dicom_bytes(dataset)
+    bits = int(dataset.BitsStored)
+    encoders = {
+        uid.JPEGLosslessSV1: lambda: imagecodecs.jpeg8_encode(pixels, lossless=True, predictor=1, bitspersample=bits),
+        uid.JPEGLossless: lambda: imagecodecs.jpeg8_encode(pixels, lossless=True, predictor=6, bitspersample=bits),
+        uid.JPEGLSLossless: lambda: imagecodecs.jpegls_encode(pixels, level=0),
+        uid.JPEGBaseline8Bit: lambda: imagecodecs.jpeg8_encode(pixels, level=95),
+        uid.JPEGExtended12Bit: lambda: imagecodecs.jpeg8_encode(pixels, level=95, bitspersample=12),
+    }
+    dataset.PixelData = encapsulate([encoders[syntax]()])
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = syntax
+    return dicom_bytes(dataset)
 
 
 def write_image_folder(root: Path, per_class: int = 12, size=(48, 40)) -> Path:

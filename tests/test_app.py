@@ -17,6 +17,8 @@ from PIL import Image
 from conftest import REAL_DATA, make_dicom, xray_like
 from test_imaging import png_claiming
 
+from pneumo_hf.examples import EXAMPLE_FILMS, find_examples
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -27,13 +29,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_folder, image_folder):
-    """`python app.py` as a user runs it, on a free port, with the tiny trained model and examples."""
+def start_app(tmp: Path, **env_extra: str):
+    """`python app.py` as a user runs it, on a free port, its Gradio files under `tmp`; yields its URL."""
     port = free_port()
-    env = {**os.environ, "PNEUMO_MODEL": str(trained_folder), "PNEUMO_EXAMPLES_DIR": str(image_folder), "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("PNEUMO_")}
+    env = {**inherited, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp / "cache"), "GRADIO_EXAMPLES_CACHE": str(tmp / "examples"), **env_extra}
     process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -43,9 +44,26 @@ def server(trained_folder, image_folder):
             if process.poll() is not None:
                 raise RuntimeError(process.stdout.read())
             time.sleep(0.5)
-    yield url
+    yield f"http://127.0.0.1:{port}/"
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(trained_folder, image_folder, tmp_path_factory):
+    """The app with the tiny trained model and examples from a folder."""
+    yield from start_app(tmp_path_factory.mktemp("app"), PNEUMO_MODEL=str(trained_folder), PNEUMO_EXAMPLES_DIR=str(image_folder))
+
+
+@pytest.fixture(scope="module")
+def default_app_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("default_app")
+
+
+@pytest.fixture(scope="module")
+def default_server(default_app_dir):
+    """The app as a fresh clone serves it (the shipped model and films), keeping files for 2 s only."""
+    yield from start_app(default_app_dir, PNEUMO_KEEP_FILES_SECONDS="2")
 
 
 @pytest.fixture(scope="module")
@@ -108,31 +126,110 @@ BAD_FILES = {
 }
 
 
+@pytest.mark.parametrize("api_name", ["/predict", "/details"])
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
-def test_api_bad_files_get_a_plain_message_and_the_server_lives_on(client, tmp_path, name, image_folder):
+def test_api_bad_files_get_a_plain_message_and_the_server_lives_on(client, tmp_path, name, api_name, image_folder):
     from gradio_client import handle_file
 
     data, message = BAD_FILES[name]
     (tmp_path / name).write_bytes(data)
     with pytest.raises(Exception, match=message):
-        client.predict(handle_file(str(tmp_path / name)), api_name="/predict")
+        client.predict(handle_file(str(tmp_path / name)), api_name=api_name)
     assert client.predict(handle_file(str(next((image_folder / "NORMAL").iterdir()))), api_name="/predict")[0]["label"]
+
+
+def test_details_endpoint_returns_one_json_object_that_agrees_with_predict(client, image_folder):
+    from gradio_client import handle_file
+
+    film = str(next((image_folder / "PNEUMONIA").iterdir()))
+    details = client.predict(handle_file(film), api_name="/details")
+    assert set(details) == {"decision", "probabilities", "threshold", "warnings", "model"}
+    assert details["probabilities"] == pytest.approx(confidences(client.predict(handle_file(film), api_name="/predict")))
+    assert details["decision"] == ("PNEUMONIA" if details["probabilities"]["PNEUMONIA"] >= details["threshold"] else "NORMAL")
+    assert details["warnings"] == [] and details["model"]["revision"].startswith("sha256:")
+
+
+def test_label_heading_is_the_decision_not_the_largest_confidence(default_server):
+    """The shipped model calls this validation film PNEUMONIA at probability 0.21 (threshold 0.18): gr.Label alone
+    would head it NORMAL."""
+    from gradio_client import Client, handle_file
+
+    client = Client(default_server, verbose=False)
+    film = handle_file(str(EXAMPLE_FILMS / "PNEUMONIA" / "person1353_virus_2333.jpeg"))
+    label = client.predict(film, api_name="/predict")[0]
+    details = client.predict(film, api_name="/details")
+    assert label["label"] == details["decision"] == "PNEUMONIA"
+    assert confidences((label,))["NORMAL"] > confidences((label,))["PNEUMONIA"] >= details["threshold"]
+    assert details["model"]["name"] == "pneumo_hf default model"
+
+
+def test_uploads_and_outputs_leave_the_server_after_the_set_time(default_server, default_app_dir, tmp_path):
+    from gradio_client import Client, handle_file
+
+    def files() -> set[Path]:
+        return {path for path in (default_app_dir / "cache").rglob("*") if path.is_file()}
+
+    kept = files()  # the example films the page shows, kept for good
+    Image.fromarray(xray_like(11, (90, 80))).save(tmp_path / "film.png")
+    Client(default_server, verbose=False).predict(handle_file(str(tmp_path / "film.png")), api_name="/predict")
+    served = {path for path in files() - kept if path.stat().st_size}  # (Gradio also leaves an empty temporary file)
+    assert any(path.name == "film.png" for path in served) and any(path.parent.name == "overlays" for path in served)  # the upload and its overlay
+    deadline = time.time() + 20
+    while time.time() < deadline and any(path.exists() for path in served):
+        time.sleep(0.5)
+    assert not [path for path in served if path.exists()]  # PNEUMO_KEEP_FILES_SECONDS=2
+
+
+def browser(playwright):
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_browser_upload_shows_label_and_heatmap(server, image_folder, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-    screenshot = Path(os.environ.get("PNEUMO_SCREENSHOT", tmp_path / "app.png"))
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page = browser(playwright).new_page(viewport={"width": 1280, "height": 1100})
         page.goto(server)
         page.get_by_text("Not a medical device").wait_for(timeout=30_000)
         page.locator("input[type=file]").first.set_input_files(str(next((image_folder / "PNEUMONIA").iterdir())))
-        page.locator("#decision").get_by_text("Decision").wait_for(timeout=60_000)
+        page.locator("#decision").get_by_text("this film is").wait_for(timeout=60_000)
         assert page.locator("img").count() >= 2  # preview and heatmap
-        page.screenshot(path=str(screenshot), full_page=True)
-        browser.close()
-    assert screenshot.stat().st_size > 10_000
+
+
+ADULT = REAL_DATA.parents[1] / "adult_check" / "figure1"
+FILMS = {
+    "normal": EXAMPLE_FILMS / "NORMAL" / "IM-0172-0001.jpeg",
+    "pneumonia": EXAMPLE_FILMS / "PNEUMONIA" / "person1297_bacteria_3260.jpeg",
+    "borderline": EXAMPLE_FILMS / "PNEUMONIA" / "person1353_virus_2333.jpeg",
+    "adult": next(iter(sorted(ADULT.glob("*"))), None) if ADULT.is_dir() else None,
+}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_fresh_clone_shows_example_thumbnails_and_the_decision_largest(default_server, tmp_path):
+    """Screenshots go to PNEUMO_SCREENSHOT_DIR when it is set."""
+    from gradio_client import Client, handle_file
+    from playwright.sync_api import sync_playwright
+
+    shots = Path(os.environ.get("PNEUMO_SCREENSHOT_DIR", tmp_path))
+    client = Client(default_server, verbose=False)
+    with sync_playwright() as playwright:
+        page = browser(playwright).new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(default_server)
+        page.get_by_text("Examples (click one)").wait_for(timeout=30_000)
+        thumbnails = page.locator("img[src*='gradio_api/file=']")
+        assert thumbnails.count() == len(find_examples()[0]) == 8
+        thumbnails.first.click()  # an example runs a prediction
+        page.locator("#decision").get_by_text("this film is").wait_for(timeout=60_000)
+        for name, film in FILMS.items():
+            if film is None:
+                continue
+            page.goto(default_server)  # a fresh page: the file box holds one file
+            page.locator("input[type=file]").first.set_input_files(str(film))
+            details = client.predict(handle_file(str(film)), api_name="/details")
+            decision, pneumonia = details["decision"], details["probabilities"]["PNEUMONIA"]
+            page.locator("#decision").get_by_text(f"probability {pneumonia:.1%}; the model says PNEUMONIA from {details['threshold']:.1%} up, so this film is {decision}").wait_for(timeout=60_000)
+            assert page.locator("[data-testid=label-output-value]").inner_text().strip() == decision
+            page.screenshot(path=str(shots / f"app_{name}.png"), full_page=True)

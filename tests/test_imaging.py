@@ -3,15 +3,17 @@
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_dicom, xray_like
+from conftest import compressed_dicom, dicom_bytes, dicom_dataset, make_dicom, xray_like
 from pneumo_hf.imaging import MAX_FILE_BYTES, ImageError, load_image, xray_warnings
 
 GREY = xray_like(0, (64, 48))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -155,3 +157,47 @@ def test_warnings_for_colour_photos_and_documents_not_xrays():
     page = np.full((64, 64), 250, np.uint8)
     page[10:12, 5:60] = 0
     assert "document" in xray_warnings(load_image(page))[0]
+
+
+FILM = np.asarray(Image.open(next((ROOT / "pneumo_hf" / "example_films" / "PNEUMONIA").iterdir())).convert("L"))
+LOSSLESS = ["RLELossless", "JPEGLosslessSV1", "JPEGLossless", "JPEGLSLossless", "JPEG2000Lossless"]
+
+
+@pytest.fixture(scope="module")
+def default_predictor():
+    from pneumo_hf import load_predictor
+
+    return load_predictor()
+
+
+@pytest.mark.parametrize("syntax", LOSSLESS)
+def test_compressed_dicom_as_pacs_export_it_predicts_like_the_uncompressed_film(syntax, default_predictor):
+    from pydicom import uid
+
+    film = FILM.astype(np.uint16) * 16 + 7  # 12-bit, as a CR exports it
+    data = compressed_dicom(film, getattr(uid, syntax))
+    plain = make_dicom(film)
+    assert np.array_equal(grey_of(load_image(data)), grey_of(load_image(plain)))
+    assert default_predictor.predict(data).probabilities == default_predictor.predict(plain).probabilities
+
+
+@pytest.mark.parametrize("syntax, film", [("JPEGBaseline8Bit", FILM), ("JPEGExtended12Bit", FILM.astype(np.uint16) * 16)])
+def test_lossy_jpeg_dicom_predicts_close_to_the_uncompressed_film(syntax, film, default_predictor):
+    from pydicom import uid
+
+    data = compressed_dicom(film, getattr(uid, syntax))
+    assert np.abs(grey_of(load_image(data)) - grey_of(load_image(make_dicom(film)))).mean() < 2
+    pneumonia = [default_predictor.predict(source).probabilities["PNEUMONIA"] for source in (data, make_dicom(film))]
+    assert abs(pneumonia[0] - pneumonia[1]) < 0.02
+
+
+def test_undecodable_dicom_names_its_transfer_syntax():
+    from pydicom import uid
+    from pydicom.encaps import encapsulate
+
+    dataset = dicom_dataset(GREY)
+    dataset.PixelData = encapsulate([b"\0" * 64])
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = uid.MPEG2MPML
+    with pytest.raises(ImageError, match=r"MPEG2.*1\.2\.840\.10008\.1\.2\.4\.100"):
+        load_image(dicom_bytes(dataset))
