@@ -26,11 +26,11 @@ from gradio.components.label import LabelConfidence, LabelData
 from pneumo_hf import ImageError, ModelError, Prediction, Predictor, load_predictor
 from pneumo_hf.cam import overlay
 from pneumo_hf.examples import find_examples, hub_examples
-from pneumo_hf.imaging import MAX_FILE_BYTES, load_image
+from pneumo_hf.hub import card_text
+from pneumo_hf.imaging import IMAGE_SUFFIXES, MAX_FILE_BYTES, load_image
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
 
 DEFAULT = "default (shipped in pneumo_hf)"
-FILE_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm"]
 NOTICE = (
     "**Not a medical device.** A research demo trained on pediatric (age 1–5) anterior-posterior chest films "
     "from one hospital. Do not use it to diagnose or treat anyone. On adults' films it does worse than chance "
@@ -145,9 +145,7 @@ def about(model_name: str) -> tuple[str, list]:
         folder = get_predictor(model_name).folder
     except ModelError as error:
         return f"**No model loaded.** {error}", []
-    card = (folder / "README.md").read_text() if folder and (folder / "README.md").is_file() else "This model folder has no model card."
-    card = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)  # YAML metadata
-    card = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", card)  # the plots are shown below
+    card = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", card_text(folder) if folder else "")  # the plots are shown below
     plots = [str(p) for p in sorted(folder.glob("*.png"))] if folder else []
     return card, plots
 
@@ -180,7 +178,7 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
         with gr.Tab("Predict"):
             with gr.Row():
                 with gr.Column():
-                    upload = gr.File(label="Chest X-ray", file_types=FILE_TYPES, type="filepath")
+                    upload = gr.File(label="Chest X-ray", file_types=list(IMAGE_SUFFIXES), type="filepath")
                     model = gr.Dropdown(choices, value=choices[0], label="Model", visible=len(choices) > 1)
                     button = gr.Button("Predict", variant="primary")
                     image = gr.Image(label="Your image", type="filepath", interactive=False, height=360)

@@ -10,7 +10,8 @@ pytorch-grad-cam with the target layer and reshape transform chosen per model fa
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -104,7 +105,7 @@ class HeatmapMaker:
             logits = mean_over_views(backbone.forward_head(features), len(pixel_values))
             own = features[: len(pixel_values)].float()
             cams = torch.einsum("bkhw,k->bhw", own, self.head.weight[POSITIVE_ID].float()) / (own.shape[-2] * own.shape[-1])
-        return _scaled(cams.clamp(min=0).numpy(), pixel_values), logits
+        return _scaled(cams.clamp(min=0).cpu().numpy(), pixel_values), logits
 
     def grad_cam(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """pytorch-grad-cam at `target_layers`: heatmaps and the logits of its forward pass."""

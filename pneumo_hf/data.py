@@ -17,11 +17,12 @@ import datasets
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
-from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms import v2
 
 from .hub import hub_reachable
 from .imaging import ImageError, load_image
 from .labels import LABELS
+from .transforms import build_transform  # noqa: F401  (re-exported: training and evaluation import it from here)
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ __all__ = [
     "load_evaluation_set",
     "split_by_patient",
     "class_weights",
-    "build_transform",
     "XrayDataset",
     "collate",
 ]
@@ -96,11 +96,11 @@ def _load_hub_dataset(name: str, split: str = "train") -> datasets.Dataset:
     try:
         loaded = datasets.load_dataset(name, split=split)
     except ValueError as error:  # an unknown split
-        raise DataError(f"Data set {name!r} has no split {split!r} ({error}).") from None
+        raise DataError(f"Data set {name!r} has no split {split!r} ({error}).") from error
     except FileNotFoundError as error:
-        raise DataError(f"Data set {name!r} not found ({error}); pass a Hub id, a local copy of a Hub data set repo, or use --train_dir.") from None
+        raise DataError(f"Data set {name!r} not found ({error}); pass a Hub id, a local copy of a Hub data set repo, or use --train_dir.") from error
     except (ConnectionError, OSError) as error:
-        raise DataError(f"Could not reach the Hub for data set {name!r} ({type(error).__name__}); use a local copy via --dataset_name PATH or --train_dir.") from None
+        raise DataError(f"Could not reach the Hub for data set {name!r} ({type(error).__name__}); use a local copy via --dataset_name PATH or --train_dir.") from error
     missing = {"image", "label"} - set(loaded.column_names)
     if missing:
         raise DataError(f"Data set {name!r} lacks the column(s) {sorted(missing)}; it needs `image` and `label`.")
@@ -118,7 +118,7 @@ def _load_image_folder(folder: str, flag: str) -> datasets.Dataset:
     try:
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
     except (FileNotFoundError, ValueError) as error:
-        raise DataError(f"{flag} {folder} holds no readable image files ({error}).") from None
+        raise DataError(f"{flag} {folder} holds no readable image files ({error}).") from error
     if len(loaded) == 0:
         raise DataError(f"{flag} {folder} holds no image files.")
     _check_label_names(loaded, f"{flag} {folder}")
@@ -151,32 +151,14 @@ def split_by_patient(dataset: datasets.Dataset, validation_fraction: float, seed
 
 
 def class_weights(labels: Sequence[int]) -> torch.Tensor:
-    """Weights n / (K · n_c), so that each class carries the same total weight in the loss."""
-    counts = np.bincount(np.asarray(labels), minlength=len(LABELS)).astype(np.float64)
-    if (counts == 0).any():
-        raise DataError(f"The training split has no images of {[LABELS[i] for i in np.flatnonzero(counts == 0)]}.")
-    return torch.tensor(counts.sum() / (len(LABELS) * counts), dtype=torch.float32)
+    """Weights n / (K · n_c), so that each class carries the same total weight in the loss (scikit-learn's "balanced")."""
+    from sklearn.utils.class_weight import compute_class_weight
 
-
-def build_transform(data_config: dict[str, Any], train: bool = False, aug_strength: float = 1.0, random_erasing: float = 0.0) -> v2.Compose:
-    """The one preprocessing used by training, evaluation, inference and Grad-CAM.
-
-    Grey → 3 channels, resize to the model's input size (aspect not kept, as in the training data),
-    normalise with the model's mean/std. Training adds radiograph-safe augmentation scaled by `aug_strength`,
-    and with probability `random_erasing` a rectangle of noise (random erasing, as timm's `--reprob` with `--remode pixel`)."""
-    height, width = data_config["input_size"][-2:]
-    interpolation = InterpolationMode(data_config.get("interpolation", "bilinear"))
-    steps: list[Any] = [v2.ToImage(), v2.Grayscale(num_output_channels=3), v2.Resize((height, width), interpolation=interpolation, antialias=True)]
-    if train and aug_strength > 0:
-        s = aug_strength
-        steps += [
-            v2.RandomAffine(degrees=10 * s, translate=(0.06 * s, 0.06 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s), interpolation=InterpolationMode.BILINEAR),
-            v2.ColorJitter(brightness=0.2 * s, contrast=0.2 * s),
-        ]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"]))]
-    if train and random_erasing > 0:
-        steps.append(v2.RandomErasing(p=random_erasing, value="random"))
-    return v2.Compose(steps)
+    labels = np.asarray(labels)
+    missing = [name for i, name in enumerate(LABELS) if not (labels == i).any()]
+    if missing:
+        raise DataError(f"The training split has no images of {missing}.")
+    return torch.tensor(compute_class_weight("balanced", classes=np.arange(len(LABELS)), y=labels), dtype=torch.float32)
 
 
 class XrayDataset(torch.utils.data.Dataset):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .hub import DATASET_ID, hub_reachable
+from .imaging import IMAGE_SUFFIXES
 from .labels import LABELS
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["EXAMPLE_FILMS", "find_examples", "hub_examples"]
 
 EXAMPLE_FILMS = Path(__file__).parent / "example_films"
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm"}
 
 
 def find_examples(folder: Optional[str] = None, per_class: int = 4) -> tuple[list[Path], str]:
@@ -36,7 +36,7 @@ def find_examples(folder: Optional[str] = None, per_class: int = 4) -> tuple[lis
 
 
 def _images(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES] if folder.is_dir() else []
+    return [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES] if folder.is_dir() else []
 
 
 def hub_examples(per_class: int = 4) -> list[Path]:
@@ -54,7 +54,7 @@ def hub_examples(per_class: int = 4) -> list[Path]:
     target = Path(tempfile.mkdtemp(prefix="pneumo_examples_"))
     paths = []
     for label_id, label in enumerate(LABELS):
-        rows = test.filter(lambda row: row["label"] == label_id).select(range(per_class))
+        rows = test.filter(lambda row, wanted=label_id: row["label"] == wanted).select(range(per_class))
         for i, row in enumerate(rows):
             path = target / f"{label}_{i}.png"
             row["image"].save(path)

@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-from huggingface_hub import ModelCardData, create_repo, upload_folder
+from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from huggingface_hub.constants import ENDPOINT, HF_HUB_OFFLINE
 
 from .labels import LABELS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubError", "hub_reachable", "write_model_card", "push_folder"]
+__all__ = ["HubError", "hub_reachable", "write_model_card", "card_text", "push_folder"]
 
 DATASET_ID = "hf-vision/chest-xray-pneumonia"
+CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
 
 
 class HubError(RuntimeError):
@@ -43,7 +44,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[str] = None) -> None:
-    """README.md with Hub metadata (`model-index` holds the validation metrics) and the honest story of the model."""
+    """README.md from `model_card_template.md` through huggingface_hub's ModelCard: Hub metadata (`model-index` holds
+    the validation metrics) and the honest story of the model."""
     metrics = summary["validation"]
     card_data = ModelCardData(
         license="cc-by-4.0",
@@ -54,72 +56,33 @@ def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[s
         model_name=model_id or Path(folder).name,
         eval_results=_eval_results(metrics),
     )
-    start = "from random initialisation (no pretrained weights)" if summary["trained_from_scratch"] else "from ImageNet-pretrained weights"
-    rows = "\n".join(f"| {name} | {metrics[name]:.4f} |" for name in ("roc_auc", "accuracy", "recall", "specificity", "precision", "f1", "ece"))
-    content = f"""---
-{card_data.to_yaml()}
----
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        architecture=summary["architecture"],
+        family=summary["family"],
+        start="from random initialisation (no pretrained weights)" if summary["trained_from_scratch"] else "from ImageNet-pretrained weights",
+        n=metrics["n"],
+        rows="\n".join(f"| {name} | {metrics[name]:.4f} |" for name in ("roc_auc", "accuracy", "recall", "specificity", "precision", "f1", "ece")),
+        threshold=metrics["threshold"],
+        threshold_rule=summary["threshold_rule"],
+        temperature=summary["temperature"],
+        views_line=_views_line(summary["test_time_views"]),
+        storage_line=_storage_line(summary["storage"]),
+        confusion_matrix=metrics["confusion_matrix"],
+        failure_modes=_failure_modes(metrics["confusion_matrix"]),
+        model_path=model_id or "path/to/this/folder",
+        plain_loading=_plain_loading(summary["family"]),
+        labels=list(LABELS),
+        **{key: summary[key] for key in ("input_size", "mean", "std", "loss", "class_weights", "epochs_run", "train_images", "train_seconds", "command")},
+    )
+    card.save(Path(folder, "README.md"))
 
-# {card_data.model_name}
 
-A NORMAL / PNEUMONIA classifier for pediatric chest X-rays, made with
-[pneumo-hf](https://github.com/pneumo-hf/pneumo-hf): `{summary['architecture']}` ({summary['family']}),
-trained {start} on the train split of Kermany et al. 2018.
-
-**Not a medical device. Not for clinical use.** It was trained on anterior-posterior chest films of
-children aged 1 to 5 from one hospital (Guangzhou Women and Children's Medical Center); on adults,
-other projections, other hospitals or other scanners it has not been measured and may fail.
-
-## Validation figures
-
-Measured on a patient-grouped validation split carved from the training data
-({metrics['n']} images; no patient is on both sides). These are **validation** figures, not test
-figures: on this data, test figures usually run several points lower.
-
-| metric | value |
-| --- | --- |
-{rows}
-
-Decision threshold {metrics['threshold']:.4f}: {summary['threshold_rule']}.
-Calibration temperature {summary['temperature']:.3f} (fitted on the validation split; applied by `pneumo_hf`).
-{_views_line(summary['test_time_views'])}
-{_storage_line(summary['storage'])}
-Confusion matrix `[[TN, FP], [FN, TP]]`: {metrics['confusion_matrix']}.
-
-![ROC](roc_curve.png) ![Confusion matrix](confusion_matrix.png) ![Training curves](training_curves.png)
-
-## Known failure modes
-
-{_failure_modes(metrics['confusion_matrix'])}
-
-## Use
-
-```python
-from pneumo_hf import load_predictor
-predictor = load_predictor("{model_id or 'path/to/this/folder'}")
-pred = predictor.predict("scan.dcm", heatmap=True)
-print(pred.label, pred.probabilities)
-```
-
-{_plain_loading(summary['family'])}
-
-## Training
-
-Labels: `{list(LABELS)}`. Input {summary['input_size']}, mean {summary['mean']}, std {summary['std']}.
-Loss: {summary['loss']}, class weights {summary['class_weights']}. {summary['epochs_run']} epochs,
-{summary['train_images']} training images, train time {summary['train_seconds']:.0f} s.
-
-```
-{summary['command']}
-```
-
-## Data and credit
-
-Kermany D, Zhang K, Goldbaum M et al. Identifying Medical Diagnoses and Treatable Diseases by
-Image-Based Deep Learning. Cell 172(5):1122–1131 (2018). Data: Mendeley Data v2,
-doi:10.17632/rscbjbr9sj.2, CC BY 4.0.
-"""
-    Path(folder, "README.md").write_text(content)
+def card_text(folder: Path) -> str:
+    """The model card of a model folder without its YAML metadata, or a line saying there is none."""
+    path = Path(folder, "README.md")
+    return ModelCard.load(path).text if path.is_file() else "This model folder has no model card."
 
 
 def _failure_modes(confusion_matrix: list) -> str:
@@ -180,6 +143,6 @@ def push_folder(folder: Path, repo_id: str, token: Optional[str] = None, commit_
         url = create_repo(repo_id, token=token, exist_ok=True, repo_type="model")
         upload_folder(repo_id=url.repo_id, folder_path=str(folder), token=token, commit_message=commit_message, ignore_patterns=["checkpoints/*", "best_model/*"])
     except Exception as error:  # HTTP, auth and validation errors all end the same way for the user
-        raise HubError(f"Push to {repo_id} failed ({type(error).__name__}); the model stays in {folder}. Check `hf auth whoami` and the repo id.") from None
+        raise HubError(f"Push to {repo_id} failed ({type(error).__name__}); the model stays in {folder}. Check `hf auth whoami` and the repo id.") from error
     logger.info("Pushed %s to %s", folder, url)
     return str(url)

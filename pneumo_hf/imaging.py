@@ -15,13 +15,14 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm", ".dicom")
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 60_000_000
 MIN_SIDE = 16
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
-__all__ = ["ImageError", "load_image", "xray_warnings", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
+__all__ = ["ImageError", "load_image", "is_dicom_file", "xray_warnings", "IMAGE_SUFFIXES", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
 
 
 class ImageError(ValueError):
@@ -59,6 +60,12 @@ def _read_bytes(source: Union[str, os.PathLike, bytes]) -> bytes:
     return data
 
 
+def is_dicom_file(path: Union[str, os.PathLike]) -> bool:
+    """A DICOM file by its preamble, whatever its name (PACS exports often have none)."""
+    with open(path, "rb") as file:
+        return file.read(132)[128:132] == b"DICM"
+
+
 def _is_dicom(data: bytes, source: object) -> bool:
     named_dicom = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in {".dcm", ".dicom"}
     return data[128:132] == b"DICM" or named_dicom
@@ -74,12 +81,12 @@ def _from_encoded(data: bytes) -> Image.Image:
             image.load()
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"The image claims more than {MAX_PIXELS:,} pixels (a decompression bomb?); upload a normal-sized X-ray.") from None
-    except UnidentifiedImageError:
-        raise ImageError("This file is not an image we can read; upload a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM (.dcm) X-ray.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"The image claims more than {MAX_PIXELS:,} pixels (a decompression bomb?); upload a normal-sized X-ray.") from error
+    except UnidentifiedImageError as error:
+        raise ImageError("This file is not an image we can read; upload a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM (.dcm) X-ray.") from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"The image file is damaged or truncated ({error}); export the X-ray again.") from None
+        raise ImageError(f"The image file is damaged or truncated ({error}); export the X-ray again.") from error
     return _normalise(image)
 
 
@@ -138,7 +145,7 @@ def _from_dicom(data: bytes) -> Image.Image:
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as error:  # pydicom raises many types for damaged files
-        raise ImageError(f"This DICOM file cannot be read ({type(error).__name__}); export it again from the PACS.") from None
+        raise ImageError(f"This DICOM file cannot be read ({type(error).__name__}); export it again from the PACS.") from error
     if "PixelData" not in dataset:
         raise ImageError("This DICOM file holds no image (no Pixel Data element); upload the DICOM of the X-ray itself, not a report or structured document.")
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))

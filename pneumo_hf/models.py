@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import timm
 import torch
@@ -71,7 +72,7 @@ class PneumoniaClassifier(nn.Module):
             return self.backbone(pixel_values)
         return self.backbone(pixel_values=pixel_values).logits
 
-    def fp16_rounded(self) -> "PneumoniaClassifier":
+    def fp16_rounded(self) -> PneumoniaClassifier:
         """A copy whose weights are rounded to fp16 and computed in fp32: what a folder saved with
         `half=True` loads as, so its outputs can be checked before saving."""
         rounded = copy.deepcopy(self)
@@ -102,7 +103,7 @@ class PneumoniaClassifier(nn.Module):
         ViTImageProcessor(size={"height": height, "width": width}, image_mean=list(self.data_config["mean"]), image_std=list(self.data_config["std"])).save_pretrained(folder)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: Union[str, Path]) -> "PneumoniaClassifier":
+    def from_pretrained(cls, name_or_path: Union[str, Path]) -> PneumoniaClassifier:
         """Load a model folder, local or a Hub repo id."""
         folder = resolve_model_folder(name_or_path)
         config = json.loads((folder / "config.json").read_text())
@@ -153,7 +154,7 @@ def resolve_model_folder(name_or_path: Union[str, Path]) -> Path:
     try:  # offline, a copy in the Hub cache still loads
         return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.md", "*.png"], local_files_only=not hub_reachable()))
     except Exception as error:  # huggingface_hub raises many types for offline/missing repos
-        raise ModelError(f"Could not fetch model {name_or_path!r} from the Hub ({type(error).__name__}); check the id and your connection, or pass a local model folder.") from None
+        raise ModelError(f"Could not fetch model {name_or_path!r} from the Hub ({type(error).__name__}); check the id and your connection, or pass a local model folder.") from error
 
 
 def build_classifier(
@@ -189,7 +190,7 @@ def _build_timm(name: str, pretrained: bool, image_size: Optional[int], drop_rat
     except (OSError, RuntimeError) as error:
         if not pretrained:
             raise
-        raise ModelError(f"Could not download pretrained weights for {name!r} from the Hub ({type(error).__name__}); drop --pretrained to train from random init, or connect to the Hub.") from None
+        raise ModelError(f"Could not download pretrained weights for {name!r} from the Hub ({type(error).__name__}); drop --pretrained to train from random init, or connect to the Hub.") from error
     data_config = _timm_data_config(backbone)
     if image_size:
         data_config["input_size"] = (3, image_size, image_size)
@@ -227,11 +228,11 @@ def _build_transformers_from_scratch(model_type: str, image_size: Optional[int],
         try:
             config.update_from_string(config_overrides)
         except ValueError as error:
-            raise ModelError(f"--config_overrides {config_overrides!r}: {error}") from None
+            raise ModelError(f"--config_overrides {config_overrides!r}: {error}") from error
     try:
         backbone = AutoModelForImageClassification.from_config(config)
     except ValueError as error:
-        raise ModelError(f"{model_type!r} is a transformers model type without an image-classification head ({error}).") from None
+        raise ModelError(f"{model_type!r} is a transformers model type without an image-classification head ({error}).") from error
     size = config.image_size
     mean, std = _TRANSFORMERS_MEAN_STD
     logger.info("Built transformers %s from config (random init: trained from scratch).", model_type)
@@ -253,7 +254,7 @@ def _build_from_hub(repo_id: str, pretrained: bool, image_size: Optional[int]) -
             backbone = AutoModelForImageClassification.from_pretrained(repo_id, config=config, ignore_mismatched_sizes=True)
         processor = AutoImageProcessor.from_pretrained(repo_id)
     except OSError as error:
-        raise ModelError(f"Unknown model {repo_id!r}: the Hub could not provide it ({type(error).__name__}); check the repo id.") from None
+        raise ModelError(f"Unknown model {repo_id!r}: the Hub could not provide it ({type(error).__name__}); check the repo id.") from error
     return PneumoniaClassifier(backbone, "transformers", _processor_data_config(processor), trained_from_scratch=not pretrained)
 
 

@@ -12,9 +12,10 @@ import logging
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import datasets
 import numpy as np
@@ -28,9 +29,10 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import metrics
-from .data import DataError, XrayDataset, build_transform, class_weights, collate, load_splits
+from .data import DataError, XrayDataset, class_weights, collate, load_splits
 from .hub import push_folder, write_model_card
 from .models import PneumoniaClassifier, build_classifier
+from .transforms import build_transform
 from .tta import VIEWS, logits_with_views
 
 logger = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ class TrainingArguments:
             (output / ".write_test").touch()
             (output / ".write_test").unlink()
         except OSError as error:
-            raise ValueError(f"--output_dir {self.output_dir} is not writable ({error.strerror}); choose another folder.") from None
+            raise ValueError(f"--output_dir {self.output_dir} is not writable ({error.strerror}); choose another folder.") from error
 
 
 def make_loss(kind: str, weights: torch.Tensor, label_smoothing: float = 0.0, gamma: float = 2.0):
@@ -173,6 +175,26 @@ class _State:
     history: list = field(default_factory=list)
 
 
+@dataclass
+class _Run:
+    """Everything one training run works with, prepared once by `train()` and handed to its steps."""
+
+    args: TrainingArguments
+    accelerator: Accelerator
+    classifier: PneumoniaClassifier  # unwrapped: what is saved
+    model: nn.Module  # prepared: what is trained
+    ema: Optional[ModelEmaV3]
+    criterion: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: Any
+    validation_loader: Any
+    weights: torch.Tensor
+    n_train: int
+    command: str
+    state: _State = field(default_factory=_State)
+
+
 def split_seed(run: dict[str, Any]) -> int:
     """The seed that drew a run's validation split: --split_seed, else --seed (its training_args.json as a dict)."""
     return run["seed"] if run.get("split_seed") is None else run["split_seed"]
@@ -225,12 +247,13 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     total_steps = args.num_train_epochs * steps_per_epoch
 
     state = _resume(accelerator, args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else _State()
+    run = _Run(args, accelerator, classifier, model, ema, criterion, optimizer, scheduler, train_loader, validation_loader, weights, len(train_set), command, state)
     if args.with_tracking:
         accelerator.init_trackers("pneumo_hf", {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
     progress = tqdm(total=total_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process, desc="train")
     for epoch in range(state.epoch, args.num_train_epochs):
         started = time.time()
-        train_loss = _train_one_epoch(args, accelerator, model, ema, criterion, optimizer, scheduler, train_loader, state, epoch, progress)
+        train_loss = _train_one_epoch(run, epoch, progress)
         validated = ema.module if ema is not None else model
         logits, labels = evaluate(validated, validation_loader, accelerator)
         row = _epoch_summary(epoch, train_loss, logits, labels)
@@ -252,14 +275,16 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
             break
     progress.close()
     accelerator.wait_for_everyone()
-    results = _finish(args, accelerator, classifier, validation_loader, state, command, len(train_set), weights)
+    results = _finish(run)
     if args.with_tracking:
         accelerator.end_training()
     return results
 
 
-def _train_one_epoch(args, accelerator, model, ema, criterion, optimizer, scheduler, loader, state: _State, epoch: int, progress) -> float:
-    """One pass over the training data from where `state` says the run stopped; returns the mean loss."""
+def _train_one_epoch(run: _Run, epoch: int, progress) -> float:
+    """One pass over the training data from where the run's state says it stopped; returns the mean loss."""
+    args, accelerator, model, ema, state, loader = run.args, run.accelerator, run.model, run.ema, run.state, run.train_loader
+    criterion, optimizer, scheduler = run.criterion, run.optimizer, run.scheduler
     model.train()
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
@@ -334,10 +359,12 @@ def _choose_storage(args: TrainingArguments, scores: np.ndarray, fp16_logits: Op
     return {"dtype": "float16", "fp16_max_change": change}, fp16_scores
 
 
-def _finish(args, accelerator, classifier, validation_loader, state: _State, command: str, n_train: int, weights) -> dict[str, Any]:
+def _finish(run: _Run) -> dict[str, Any]:
     """Best weights back, temperature and threshold fitted on validation (with the test-time views),
     then the model folder (fp16 with --save_fp16, if within tolerance). A finished run's folder is rewritten by
     resuming it with new --test_time_views or --save_fp16."""
+    args, accelerator, classifier, validation_loader, state = run.args, run.accelerator, run.classifier, run.validation_loader, run.state
+    command, n_train, weights = run.command, run.n_train, run.weights
     output_dir = Path(args.output_dir)
     best = PneumoniaClassifier.from_pretrained(output_dir / "best_model")
     accelerator.unwrap_model(classifier).load_state_dict(best.state_dict())

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 APPS = {"no-model": ROOT / "tests" / "null_app.py", "pneumo-hf": ROOT / "app.py"}
 
 
@@ -43,7 +42,7 @@ def in_process(model: str, image: str, repeats: int) -> None:
     predictor = load_predictor(model)
     predictor.predict(image, heatmap=True)  # warm-up
     for heatmap in (True, False):
-        p50, p95 = p50_p95([timed(lambda: predictor.predict(image, heatmap=heatmap)) for _ in range(repeats)])
+        p50, p95 = p50_p95([timed(lambda heatmap=heatmap: predictor.predict(image, heatmap=heatmap)) for _ in range(repeats)])
         print(f"in process, predict(heatmap={heatmap}): p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms (n={repeats})")
 
 
@@ -67,7 +66,7 @@ def serve(script: Path, env_extra: dict) -> tuple[subprocess.Popen, str]:
             return server, f"http://127.0.0.1:{port}/"
         except OSError:
             if server.poll() is not None:
-                raise RuntimeError(f"{script} exited with {server.returncode}")
+                raise RuntimeError(f"{script} exited with {server.returncode}") from None
             time.sleep(0.2)
 
 

@@ -113,3 +113,13 @@ def trained_folder(tmp_path_factory, image_folder) -> Path:
     )
     train(args, command="pytest")
     return output
+
+
+SLOW_FIXTURES = {"trained_folder", "server", "default_server"}  # a training run or a live app behind them
+
+
+def pytest_collection_modifyitems(items):
+    """`pytest -m "not slow"` leaves out what trains a model, starts a server or builds the wheel."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -1,6 +1,6 @@
 """The Space: build_demo builds; a real server answers gradio_client and a real headless Chromium."""
 
-import importlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REAL_DATA, make_dicom, xray_like
+from PIL import Image
 from test_imaging import png_claiming
 
 from pneumo_hf.examples import EXAMPLE_FILMS, find_examples
@@ -42,7 +41,7 @@ def start_app(tmp: Path, **env_extra: str):
             break
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError(process.stdout.read())
+                raise RuntimeError(process.stdout.read()) from None
             time.sleep(0.5)
     yield f"http://127.0.0.1:{port}/"
     process.terminate()
@@ -76,8 +75,10 @@ def client(server):
 def test_build_demo_without_any_model_still_builds(monkeypatch, tmp_path):
     monkeypatch.delenv("PNEUMO_MODEL", raising=False)
     monkeypatch.delenv("PNEUMO_MODELS", raising=False)
-    sys.path.insert(0, str(ROOT))
-    app = importlib.import_module("app")
+    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "app", app)  # Gradio reads the source of app's component classes
+    spec.loader.exec_module(app)  # builds the default page too: nothing slow or networked at import
     demo = app.build_demo(examples_dir=str(tmp_path))
     assert demo.fns  # the page and its events exist
     assert "No examples" in app.find_examples(str(tmp_path))[1]

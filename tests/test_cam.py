@@ -4,8 +4,8 @@ activation map of the CNNs equals pytorch-grad-cam's Grad-CAM."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_VIT, xray_like
+
 from pneumo_hf.cam import HeatmapMaker, overlay
 from pneumo_hf.inference import DEFAULT_MODEL_DIR, Predictor
 from pneumo_hf.models import PneumoniaClassifier, build_classifier

@@ -4,11 +4,12 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import REAL_DATA, write_image_folder
 from PIL import Image
 
-from conftest import REAL_DATA, write_image_folder
-from pneumo_hf.data import DataError, build_transform, class_weights, load_evaluation_set, load_splits, patient_id
+from pneumo_hf.data import DataError, class_weights, load_evaluation_set, load_splits, patient_id
 from pneumo_hf.labels import LABELS
+from pneumo_hf.transforms import build_transform
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REAL_DATA
+
 from pneumo_hf import LABELS, load_predictor
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import compressed_dicom, dicom_bytes, dicom_dataset, make_dicom, xray_like
 from PIL import Image
 
-from conftest import compressed_dicom, dicom_bytes, dicom_dataset, make_dicom, xray_like
 from pneumo_hf.imaging import MAX_FILE_BYTES, ImageError, load_image, xray_warnings
 
 GREY = xray_like(0, (64, 48))
@@ -48,7 +48,7 @@ def test_16_bit_png_matches_8_bit():
 
 
 def test_12_bit_array_scales_to_full_range():
-    image = load_image((GREY.astype(np.uint16) * 16))  # 12-bit data stored in uint16
+    image = load_image(GREY.astype(np.uint16) * 16)  # 12-bit data stored in uint16
     assert np.abs(grey_of(image) - GREY).max() <= 1
 
 

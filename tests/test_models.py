@@ -5,8 +5,8 @@ import json
 import pytest
 import timm
 import torch
-
 from conftest import TINY_VIT
+
 from pneumo_hf.labels import LABELS
 from pneumo_hf.models import ModelError, PneumoniaClassifier, build_classifier
 

@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REAL_DATA, TINY_VIT
 from safetensors.torch import load_file
 
-from conftest import REAL_DATA, TINY_VIT
 from pneumo_hf import load_predictor
 from pneumo_hf.hub import HubError, push_folder
 from pneumo_hf.labels import LABELS
 from pneumo_hf.training import TrainingArguments, train
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +122,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, image_folder, flags, message):
     base = {"--train_dir": str(image_folder), "--output_dir": str(tmp_path / "out"), "--image_size": "32"}
-    for flag, value in zip(flags[::2], flags[1::2]):
+    for flag, value in zip(flags[::2], flags[1::2], strict=True):
         base[flag] = value
     result = run_cli(*[item for pair in base.items() for item in pair])
     assert result.returncode == 1

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import xray_like
+
 from pneumo_hf import load_predictor
 from pneumo_hf.imaging import load_image
 from pneumo_hf.models import build_classifier

@@ -13,24 +13,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
-
-from pneumo_hf.metrics import mean_and_spread  # noqa: E402
+from pneumo_hf.metrics import mean_and_spread
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
 COLUMNS = ("roc_auc", "accuracy", "recall", "specificity", "ece")
 
 
 def run(flags: dict, train_dir: str, output: Path) -> None:
-    """One train/train.py run into `output`, resuming it when it has a checkpoint."""
-    command = [sys.executable, str(TRAIN), "--train_dir", train_dir, "--output_dir", str(output)]
-    for name, value in flags.items():
-        command += [f"--{name}", str(value)]
+    """One train/train.py run into `output`, its flags as a JSON arguments file (lists stay lists), resuming it
+    when it has a checkpoint."""
+    arguments = {"train_dir": train_dir, "output_dir": str(output), **flags}
     if any((output / "checkpoints").glob("checkpoint_*")):
-        command += ["--resume_from_checkpoint", "latest"]
+        arguments["resume_from_checkpoint"] = "latest"
     output.mkdir(parents=True, exist_ok=True)
+    (output / "run_arguments.json").write_text(json.dumps(arguments, indent=2))
     with open(output / "train.log", "a") as log:
-        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run([sys.executable, str(TRAIN), str(output / "run_arguments.json")], stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
 def table(spec: dict, output_dir: Path) -> str:

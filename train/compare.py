@@ -7,15 +7,12 @@ CPU latency, command), then mean ± sd per model over the folders that share one
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
-
-from pneumo_hf import load_predictor  # noqa: E402
-from pneumo_hf.metrics import mean_and_spread  # noqa: E402
-from pneumo_hf.training import split_seed  # noqa: E402
+from pneumo_hf import load_predictor
+from pneumo_hf.metrics import mean_and_spread
+from pneumo_hf.training import split_seed
 
 FIGURES = {"roc_auc": "val ROC-AUC", "accuracy": "val accuracy", "recall": "val sensitivity", "specificity": "val specificity", "ece": "val ECE"}
 

@@ -9,18 +9,15 @@ edges shows up as a large drop.
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
+import numpy as np
+import torch
+from accelerate import Accelerator
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
-
-from pneumo_hf import metrics  # noqa: E402
-from pneumo_hf.data import DataError, XrayDataset, build_transform, collate  # noqa: E402
-from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder  # noqa: E402
-from pneumo_hf.training import evaluate, validation_split_of  # noqa: E402
+from pneumo_hf import metrics
+from pneumo_hf.data import DataError, XrayDataset, build_transform, collate
+from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
+from pneumo_hf.training import evaluate, validation_split_of
 
 logger = logging.getLogger("occlusion")
 

@@ -1,0 +1,36 @@
+"""The one preprocessing definition, used by training, evaluation, inference and the heatmaps (torchvision only,
+so that prediction needs neither `datasets` nor scikit-learn).
+
+    from pneumo_hf.transforms import build_transform
+    pixel_values = build_transform(classifier.data_config)(image)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+__all__ = ["build_transform"]
+
+
+def build_transform(data_config: dict[str, Any], train: bool = False, aug_strength: float = 1.0, random_erasing: float = 0.0) -> v2.Compose:
+    """The one preprocessing used by training, evaluation, inference and Grad-CAM.
+
+    Grey → 3 channels, resize to the model's input size (aspect not kept, as in the training data),
+    normalise with the model's mean/std. Training adds radiograph-safe augmentation scaled by `aug_strength`,
+    and with probability `random_erasing` a rectangle of noise (random erasing, as timm's `--reprob` with `--remode pixel`)."""
+    height, width = data_config["input_size"][-2:]
+    interpolation = InterpolationMode(data_config.get("interpolation", "bilinear"))
+    steps: list[Any] = [v2.ToImage(), v2.Grayscale(num_output_channels=3), v2.Resize((height, width), interpolation=interpolation, antialias=True)]
+    if train and aug_strength > 0:
+        s = aug_strength
+        steps += [
+            v2.RandomAffine(degrees=10 * s, translate=(0.06 * s, 0.06 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s), interpolation=InterpolationMode.BILINEAR),
+            v2.ColorJitter(brightness=0.2 * s, contrast=0.2 * s),
+        ]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"]))]
+    if train and random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing, value="random"))
+    return v2.Compose(steps)
