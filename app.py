@@ -34,7 +34,8 @@ DEFAULT = "default (shipped in pneumo_hf)"
 NOTICE = (
     "**Not a medical device.** A research demo trained on pediatric (age 1–5) anterior-posterior chest films "
     "from one hospital. Do not use it to diagnose or treat anyone. On adults' films it does worse than chance "
-    "(ROC-AUC 0.43 on the maintainers' external adult set) and does not yet warn that a film is an adult's."
+    "(ROC-AUC 0.43 on the maintainers' external adult set); it warns when a film looks unlike its training films, "
+    "which caught 88 % of the adult films we tried, not all."
 )
 KEEP_FILES_SECONDS = int(os.environ.get("PNEUMO_KEEP_FILES_SECONDS", 600))  # uploads and outputs, then deleted
 OVERLAY_MAX_SIDE = 1024  # the page shows the overlay at most 360 px high
@@ -117,8 +118,8 @@ def describe(prediction: Optional[Prediction]) -> str:
     if prediction is None:
         return ""
     pneumonia = prediction.probabilities["PNEUMONIA"]
-    lines = [f"Calibrated PNEUMONIA probability **{pneumonia:.1%}**; the model says PNEUMONIA from **{prediction.threshold:.1%}** up, so this film is **{prediction.label}**."]
-    lines += [f"⚠️ **{warning}**" for warning in prediction.warnings]
+    lines = [f"⚠️ **{warning}**" for warning in prediction.warnings]
+    lines += [f"Calibrated PNEUMONIA probability **{pneumonia:.1%}**; the model says PNEUMONIA from **{prediction.threshold:.1%}** up, so this film is **{prediction.label}**."]
     return "\n\n".join(lines)
 
 

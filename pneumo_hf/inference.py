@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .domain import DOMAIN_WARNING, DomainCheck
 from .imaging import ImageSource, load_image, xray_warnings
 from .labels import LABEL2ID, LABELS, POSITIVE_LABEL
 from .models import ModelError, PneumoniaClassifier, resolve_model_folder
@@ -55,6 +56,7 @@ class Predictor:
         if classifier.family == "timm":  # a quarter less CPU per film for the CNNs (README, "App speed")
             self.classifier.to(memory_format=torch.channels_last)
         self.folder = folder  # the model folder, for its card and plots
+        self.domain = DomainCheck.load(folder, classifier) if folder else None  # flags films unlike the training films
         self.name = name or (str(folder) if folder else classifier.architecture)
         self.transform = build_transform(classifier.data_config)
         self._heatmaps = None
@@ -88,6 +90,8 @@ class Predictor:
         in its workers hands over. `warnings` per image when the workers computed them too."""
         scores, maps = self.scores(pixel_values, heatmap)
         warnings = warnings if warnings is not None else [xray_warnings(image) for image in images]
+        if self.domain is not None:
+            warnings = [[DOMAIN_WARNING, *notes] if unlike else list(notes) for unlike, notes in zip(self.domain.flags(pixel_values), warnings, strict=True)]
         return [self._prediction(*row) for row in zip(images, scores, maps, warnings, strict=True)]
 
     def scores(self, pixel_values: torch.Tensor, heatmap: bool = False) -> tuple[np.ndarray, list[Optional[np.ndarray]]]:

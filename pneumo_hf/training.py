@@ -30,6 +30,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from . import metrics
 from .data import DataError, XrayDataset, class_weights, collate, load_splits
+from .domain import fit_domain_check
 from .hub import push_folder, write_model_card
 from .models import PneumoniaClassifier, build_classifier
 from .transforms import build_transform
@@ -190,7 +191,8 @@ class _Run:
     train_loader: Any
     validation_loader: Any
     weights: torch.Tensor
-    n_train: int
+    train_set: datasets.Dataset
+    validation_set: datasets.Dataset
     command: str
     state: _State = field(default_factory=_State)
 
@@ -247,7 +249,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     total_steps = args.num_train_epochs * steps_per_epoch
 
     state = _resume(accelerator, args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else _State()
-    run = _Run(args, accelerator, classifier, model, ema, criterion, optimizer, scheduler, train_loader, validation_loader, weights, len(train_set), command, state)
+    run = _Run(args, accelerator, classifier, model, ema, criterion, optimizer, scheduler, train_loader, validation_loader, weights, train_set, validation_set, command, state)
     if args.with_tracking:
         accelerator.init_trackers("pneumo_hf", {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
     progress = tqdm(total=total_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process, desc="train")
@@ -345,6 +347,21 @@ def _resume(accelerator: Accelerator, checkpoint: str, output_dir: Path) -> _Sta
     return state
 
 
+def _fit_domain_check(run: _Run, output_dir: Path, max_train_films: int = 2000) -> None:
+    """The domain check (pneumo_hf.domain) fitted on up to `max_train_films` training films, its cut calibrated so
+    that at most 5 % of the validation split is flagged; train/fit_domain_check.py recalibrates it on other films."""
+    transform = build_transform(run.classifier.data_config)
+    picked = np.random.default_rng(run.args.seed).permutation(len(run.train_set))[:max_train_films]
+
+    def batches(dataset: datasets.Dataset) -> list[torch.Tensor]:
+        loader = torch.utils.data.DataLoader(XrayDataset(dataset, transform), batch_size=64, collate_fn=collate)
+        return [batch["pixel_values"] for batch in loader if len(batch["pixel_values"])]
+
+    check = fit_domain_check(run.classifier, batches(run.train_set.select(sorted(picked))), batches(run.validation_set), calibration_name="the run's validation split")
+    check.save(output_dir)
+    logger.info("Domain check fitted on %d training films; %.1f %% of validation flagged.", check.info["train_films"], 100 * check.info["calibration_flagged"])
+
+
 def _choose_storage(args: TrainingArguments, scores: np.ndarray, fp16_logits: Optional[np.ndarray], temperature: float) -> tuple[dict[str, Any], np.ndarray]:
     """fp16 when --save_fp16 and no validation probability moves by more than --fp16_tolerance, else fp32;
     and the validation scores of the weights so stored."""
@@ -364,7 +381,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     then the model folder (fp16 with --save_fp16, if within tolerance). A finished run's folder is rewritten by
     resuming it with new --test_time_views or --save_fp16."""
     args, accelerator, classifier, validation_loader, state = run.args, run.accelerator, run.classifier, run.validation_loader, run.state
-    command, n_train, weights = run.command, run.n_train, run.weights
+    command, n_train, weights = run.command, len(run.train_set), run.weights
     output_dir = Path(args.output_dir)
     best = PneumoniaClassifier.from_pretrained(output_dir / "best_model")
     accelerator.unwrap_model(classifier).load_state_dict(best.state_dict())
@@ -379,6 +396,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     storage, scores = _choose_storage(args, scores, fp16_logits, classifier.temperature)  # the figures are the stored weights'
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
     classifier.save_pretrained(output_dir, half=storage["dtype"] == "float16")
+    _fit_domain_check(run, output_dir)
     metrics.plot_roc(labels, scores, output_dir / "roc_curve.png", "Validation ROC")
     metrics.plot_confusion(labels, scores, classifier.threshold, output_dir / "confusion_matrix.png", "Validation")
     metrics.plot_history(state.history, output_dir / "training_curves.png")

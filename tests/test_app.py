@@ -164,6 +164,16 @@ def test_label_heading_is_the_decision_not_the_largest_confidence(default_server
     assert details["model"]["name"] == "pneumo_hf default model"
 
 
+def test_a_film_unlike_the_training_films_gets_the_domain_warning(default_server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from pneumo_hf.domain import DOMAIN_WARNING
+
+    Image.fromarray(255 - np.asarray(Image.open(EXAMPLE_FILMS / "NORMAL" / "IM-0295-0001.jpeg").convert("L"))).save(tmp_path / "negative.png")
+    details = Client(default_server, verbose=False).predict(handle_file(str(tmp_path / "negative.png")), api_name="/details")
+    assert details["warnings"][0] == DOMAIN_WARNING
+
+
 def test_uploads_and_outputs_leave_the_server_after_the_set_time(default_server, default_app_dir, tmp_path):
     from gradio_client import Client, handle_file
 
@@ -201,7 +211,7 @@ def test_browser_upload_shows_label_and_heatmap(server, image_folder, tmp_path):
 
 ADULT = REAL_DATA.parents[1] / "adult_check" / "figure1"
 FILMS = {
-    "normal": EXAMPLE_FILMS / "NORMAL" / "IM-0172-0001.jpeg",
+    "normal": EXAMPLE_FILMS / "NORMAL" / "IM-0295-0001.jpeg",
     "pneumonia": EXAMPLE_FILMS / "PNEUMONIA" / "person1297_bacteria_3260.jpeg",
     "borderline": EXAMPLE_FILMS / "PNEUMONIA" / "person1353_virus_2333.jpeg",
     "adult": next(iter(sorted(ADULT.glob("*"))), None) if ADULT.is_dir() else None,
@@ -233,4 +243,6 @@ def test_browser_fresh_clone_shows_example_thumbnails_and_the_decision_largest(d
             decision, pneumonia = details["decision"], details["probabilities"]["PNEUMONIA"]
             page.locator("#decision").get_by_text(f"probability {pneumonia:.1%}; the model says PNEUMONIA from {details['threshold']:.1%} up, so this film is {decision}").wait_for(timeout=60_000)
             assert page.locator("[data-testid=label-output-value]").inner_text().strip() == decision
+            for warning in details["warnings"]:  # the domain warning, if any, beside the decision
+                assert warning in page.locator("#decision").inner_text()
             page.screenshot(path=str(shots / f"app_{name}.png"), full_page=True)

@@ -3,6 +3,7 @@ Accelerate processes; the package installs with its model and imports without th
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,7 +138,9 @@ def test_prediction_does_not_import_the_training_stack():
 
 @pytest.mark.slow
 def test_the_wheel_holds_the_default_model_and_example_films(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+    source = tmp_path / "source"  # a copy, so that no earlier build/ folder leaks stale files into the wheel
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__", "runs"))
+    result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(source)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("pneumo_hf-*.whl"))).namelist()
     assert {"pneumo_hf/default_model/model.safetensors", "pneumo_hf/default_model/config.json", "pneumo_hf/default_model/README.md"} <= set(names)

@@ -31,7 +31,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test", help="Split of --dataset_name (default: test).")
     parser.add_argument("--data_dir", help="Image folder with NORMAL/ and PNEUMONIA/ subfolders.")
     parser.add_argument("--validation_split", action="store_true", help="The patient-grouped validation split the model was trained with (from its training_args.json).")
-    parser.add_argument("--tta", nargs="*", default=[], choices=sorted(VIEWS), help="Average the logits over the image and these test-time views.")
+    parser.add_argument("--tta", nargs="*", default=None, choices=sorted(VIEWS), help="Average the logits over the image and these test-time views (default: the model's stored views, as load_predictor() does; `--tta` alone for none).")
     parser.add_argument("--output_json", default="eval_results.json", help="Where the metrics go; the PNGs go beside it.")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--threshold", type=float, help="Decide at this threshold instead of the model's stored one.")
@@ -48,11 +48,12 @@ def run(args: argparse.Namespace) -> dict:
     loader = torch.utils.data.DataLoader(XrayDataset(dataset, build_transform(classifier.data_config)), batch_size=args.batch_size, collate_fn=collate)
     accelerator = Accelerator()
     model, loader = accelerator.prepare(classifier, loader)
-    logits, labels = evaluate(model, loader, accelerator, args.tta)
+    views = list(classifier.test_time_views) if args.tta is None else args.tta  # what the stored threshold and temperature were fitted with
+    logits, labels = evaluate(model, loader, accelerator, views)
     scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
     threshold = classifier.threshold if args.threshold is None else args.threshold
     data = "validation split" if args.validation_split else args.data_dir or f"{args.dataset_name}:{args.split}"
-    results = {"model": str(args.model), "data": data, "tta": args.tta, **metrics.classification_metrics(labels, scores, threshold)}
+    results = {"model": str(args.model), "data": data, "tta": views, **metrics.classification_metrics(labels, scores, threshold)}
     output = Path(args.output_json)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))

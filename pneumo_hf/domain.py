@@ -1,0 +1,130 @@
+"""Domain check: does a film look like the films the model was trained on (children's frontal chest X-rays)?
+
+    python train/fit_domain_check.py --model pneumo_hf/default_model \
+        --train_dir ../shared/data/chest_xray_224/train --calibration_dir ../shared/data/chest_xray_224/test_dev
+
+The score is the Mahalanobis distance of low-level statistics of the film — the output of the model's first
+convolution: each channel's mean and standard deviation, and its mean and mean magnitude on a 3×3 grid — to those
+of the training films, under a Ledoit-Wolf covariance (scikit-learn) fitted on training films only. A film is
+flagged when its distance is over a cut calibrated so that at most `max_flagged` of a calibration set of real
+in-domain films are. What tells a child's chest from an adult's, a lateral view, a photo or a document lives in
+these low-level statistics, which the classifier's pooled embedding has learnt to ignore (measured: README).
+Stored beside the model as `domain_check.safetensors` (the statistics) and `domain_check.json` (the cut and
+what it was calibrated on); no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .models import PneumoniaClassifier
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DOMAIN_WARNING", "DomainCheck", "first_convolution", "film_statistics", "fit_domain_check"]
+
+WEIGHTS_FILE, CONFIG_FILE = "domain_check.safetensors", "domain_check.json"
+FEATURES = "first-conv channel mean, std, 3x3 grid mean and mean magnitude (v1)"
+DOMAIN_WARNING = (
+    "This film does not look like the children's frontal chest X-rays the model was trained on "
+    "(an adult, another view or body part, an edited image, or not an X-ray?): do not trust this result."
+)
+
+
+def first_convolution(classifier: PneumoniaClassifier) -> Optional[nn.Conv2d]:
+    """The model's first convolution (timm names it in `pretrained_cfg["first_conv"]`), or None."""
+    backbone = classifier.backbone
+    if classifier.family == "timm":
+        name = backbone.pretrained_cfg.get("first_conv")
+        module = backbone.get_submodule(name) if name else None
+        return module if isinstance(module, nn.Conv2d) else None
+    return next((module for module in backbone.modules() if isinstance(module, nn.Conv2d)), None)
+
+
+def film_statistics(conv: nn.Conv2d, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(batch, 20 · channels) statistics of the first convolution's output on a normalised batch."""
+    with torch.inference_mode():
+        maps = conv(pixel_values.to(conv.weight.device, conv.weight.dtype)).float()
+        grid = F.adaptive_avg_pool2d(maps, 3).flatten(1)
+        magnitude = F.adaptive_avg_pool2d(maps.abs(), 3).flatten(1)
+        return torch.cat([maps.mean(dim=(2, 3)), maps.std(dim=(2, 3)), grid, magnitude], dim=1).cpu()
+
+
+class DomainCheck:
+    """Distances of films to the training films, and the cut over which a film is flagged."""
+
+    def __init__(self, conv: nn.Conv2d, statistics: dict[str, torch.Tensor], cut: float, info: dict[str, Any]):
+        self.conv = conv
+        self.statistics = statistics  # mean, scale (z-score), location, precision (Ledoit-Wolf)
+        self.cut = cut
+        self.info = info
+
+    def distances(self, pixel_values: torch.Tensor) -> np.ndarray:
+        z = (film_statistics(self.conv, pixel_values) - self.statistics["mean"]) / self.statistics["scale"]
+        centred = (z - self.statistics["location"]).double()
+        return torch.einsum("bi,ij,bj->b", centred, self.statistics["precision"].double(), centred).clamp(min=0).sqrt().numpy()
+
+    def flags(self, pixel_values: torch.Tensor) -> list[bool]:
+        return [bool(distance > self.cut) for distance in self.distances(pixel_values)]
+
+    def save(self, folder: Path) -> None:
+        save_file({name: tensor.contiguous() for name, tensor in self.statistics.items()}, str(Path(folder, WEIGHTS_FILE)))
+        Path(folder, CONFIG_FILE).write_text(json.dumps({"features": FEATURES, "cut": self.cut, **self.info}, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path, classifier: PneumoniaClassifier) -> Optional[DomainCheck]:
+        """The check stored in a model folder, or None (logged) when the folder has none or it does not fit the model."""
+        weights, config = Path(folder, WEIGHTS_FILE), Path(folder, CONFIG_FILE)
+        conv = first_convolution(classifier)
+        if not (weights.is_file() and config.is_file()) or conv is None:
+            logger.info("%s has no domain check: films unlike the training films get no warning (fit one with train/fit_domain_check.py).", folder)
+            return None
+        settings = json.loads(config.read_text())
+        if settings.get("features") != FEATURES:
+            logger.warning("%s has a domain check of another kind (%s); it is not used.", folder, settings.get("features"))
+            return None
+        return cls(conv, load_file(str(weights)), float(settings.pop("cut")), settings)
+
+
+def fit_domain_check(
+    classifier: PneumoniaClassifier, train_batches: Sequence[torch.Tensor], calibration_batches: Sequence[torch.Tensor], max_flagged: float = 0.05, calibration_name: str = ""
+) -> DomainCheck:
+    """Fit on batches of normalised training films; cut so that at most `max_flagged` of the calibration films
+    (real in-domain films the model was not trained on) are flagged."""
+    from sklearn.covariance import LedoitWolf
+
+    conv = first_convolution(classifier)
+    if conv is None:
+        raise ValueError(f"{classifier.architecture} has no first convolution to take film statistics from.")
+    train = torch.cat([film_statistics(conv, batch) for batch in train_batches]).double()
+    mean, scale = train.mean(dim=0), train.std(dim=0) + 1e-6
+    covariance = LedoitWolf().fit(((train - mean) / scale).numpy())
+    statistics = {
+        "mean": mean.float(),
+        "scale": scale.float(),
+        "location": torch.from_numpy(covariance.location_).float(),
+        "precision": torch.from_numpy(covariance.precision_).float(),
+    }
+    check = DomainCheck(conv, statistics, cut=float("inf"), info={})
+    calibration = np.concatenate([check.distances(batch) for batch in calibration_batches])
+    allowed = int(np.floor(max_flagged * len(calibration)))  # films that may lie over the cut
+    check.cut = float(np.sort(calibration)[len(calibration) - allowed - 1])
+    check.info = {
+        "train_films": len(train),
+        "calibration": calibration_name,
+        "calibration_films": len(calibration),
+        "max_flagged": max_flagged,
+        "calibration_flagged": float(np.mean(calibration > check.cut)),
+        "shrinkage": float(covariance.shrinkage_),
+    }
+    return check

@@ -1,0 +1,80 @@
+"""The domain check: flags what is not a child's chest film, passes ordinary films, round-trips through the model
+folder; a folder without it still loads and predicts."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import xray_like
+from PIL import Image, ImageDraw, ImageOps
+
+from pneumo_hf import load_predictor
+from pneumo_hf.domain import DOMAIN_WARNING, DomainCheck, fit_domain_check
+from pneumo_hf.examples import find_examples
+from pneumo_hf.inference import Predictor
+from pneumo_hf.models import PneumoniaClassifier, build_classifier
+
+
+def not_xrays() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(3)
+    page = Image.new("RGB", (240, 320), "white")
+    draw = ImageDraw.Draw(page)
+    for line in range(14):
+        draw.text((10, 10 + 20 * line), "Discharge summary: no acute findings. " * 2, fill="black")
+    return {
+        "noise": Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)),
+        "document": page,
+        "colour blobs": Image.fromarray(np.clip(rng.normal(128, 60, (6, 6, 3)).repeat(40, 0).repeat(40, 1), 0, 255).astype(np.uint8)),
+        "grey gradient": Image.fromarray(np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))),
+    }
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_predictor()
+
+
+def test_shipped_check_flags_non_xrays_and_an_inverted_film(shipped):
+    assert shipped.domain is not None and shipped.domain.info["calibration_flagged"] <= 0.05
+    for name, image in not_xrays().items():
+        assert DOMAIN_WARNING in shipped.predict(image).warnings, name
+    film = Image.open(find_examples()[0][-1])
+    assert DOMAIN_WARNING not in shipped.predict(film).warnings
+    assert DOMAIN_WARNING in shipped.predict(ImageOps.invert(film.convert("RGB"))).warnings
+
+
+def test_shipped_check_passes_ordinary_films(shipped):
+    films, _ = find_examples()
+    assert [prediction.warnings for prediction in shipped.predict_batch(films)] == [[]] * len(films)
+
+
+def batches_of(seeds, pneumonia: bool, transform) -> list[torch.Tensor]:
+    return [torch.stack([transform(Image.fromarray(xray_like(seed, (64, 56), pneumonia)).convert("RGB")) for seed in seeds])]
+
+
+def test_statistics_round_trip_through_the_model_folder(tmp_path):
+    torch.manual_seed(0)
+    classifier = build_classifier("resnet18", image_size=32).eval()
+    classifier.save_pretrained(tmp_path)
+    transform = Predictor(classifier).transform
+    train = batches_of(range(60), False, transform) + batches_of(range(60, 120), True, transform)
+    calibration = batches_of(range(200, 240), False, transform)
+    check = fit_domain_check(classifier, train, calibration, max_flagged=0.05, calibration_name="generated")
+    assert check.info["calibration_flagged"] <= 0.05 and check.info["train_films"] == 120
+    check.save(tmp_path)
+    loaded = load_predictor(tmp_path)
+    probe = batches_of(range(300, 310), True, transform)[0]
+    assert np.allclose(loaded.domain.distances(probe), check.distances(probe), rtol=1e-5)
+    assert loaded.domain.cut == check.cut and loaded.domain.info["calibration"] == "generated"
+    noise = torch.randn(2, 3, 32, 32) * 3
+    assert loaded.domain.flags(noise) == [True, True]
+
+
+def test_a_folder_without_a_check_loads_predicts_and_says_so(tmp_path, caplog):
+    build_classifier("resnet18", image_size=32).save_pretrained(tmp_path)
+    with caplog.at_level(logging.INFO, logger="pneumo_hf.domain"):
+        predictor = load_predictor(tmp_path)
+    assert predictor.domain is None and "has no domain check" in caplog.text
+    assert DomainCheck.load(tmp_path, PneumoniaClassifier.from_pretrained(tmp_path)) is None
+    assert DOMAIN_WARNING not in predictor.predict(not_xrays()["noise"]).warnings  # nothing to check with

@@ -1,0 +1,108 @@
+"""Fit the domain check of a model folder on its own training films and calibrate its cut (see pneumo_hf.domain).
+
+    python train/fit_domain_check.py --model pneumo_hf/default_model \
+        --calibration_dir ../shared/data/chest_xray_224/test_dev --report_dir ../shared/data/adult_check
+
+The training films are the run's own train split, rebuilt from the folder's training_args.json (never its
+validation split); the cut lets at most --max_flagged of the --calibration_dir films (default: the run's
+validation split) be flagged. Prints the share flagged on the calibration films, on each --report_dir and on
+generated non-X-rays (noise, colour photos, documents, screenshots, inverted and heavily cropped films).
+"""
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps
+
+from pneumo_hf.domain import fit_domain_check
+from pneumo_hf.imaging import IMAGE_SUFFIXES, ImageError, load_image
+from pneumo_hf.models import PneumoniaClassifier, resolve_model_folder
+from pneumo_hf.training import run_splits
+from pneumo_hf.transforms import build_transform
+
+logger = logging.getLogger("fit_domain_check")
+
+
+def batches(sources: Sequence, transform, size: int = 64) -> Iterator[torch.Tensor]:
+    for start in range(0, len(sources), size):
+        films = []
+        for source in sources[start : start + size]:
+            try:
+                films.append(transform(load_image(source)))
+            except ImageError as error:
+                logger.warning("skipped %s: %s", source, error)
+        if films:
+            yield torch.stack(films)
+
+
+def folder_films(folder: str) -> list[str]:
+    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def non_xrays(films: Sequence[str], seed: int = 0) -> dict[str, list[Image.Image]]:
+    """Inputs the check must flag, made here: 10 of each kind."""
+    rng = np.random.default_rng(seed)
+    kinds: dict[str, list[Image.Image]] = {name: [] for name in ("noise", "colour photo", "document", "screenshot", "inverted film", "cropped film")}
+    for i in range(10):
+        kinds["noise"].append(Image.fromarray(rng.integers(0, 256, (224, 224), dtype=np.uint8)))
+        blobs = np.clip(rng.normal(0, 1, (7, 7, 3)).repeat(32, 0).repeat(32, 1) * 60 + 128, 0, 255).astype(np.uint8)
+        kinds["colour photo"].append(Image.fromarray(blobs))
+        page = Image.new("RGB", (224, 300), "white")
+        draw = ImageDraw.Draw(page)
+        for line in range(12):
+            draw.text((12, 12 + 22 * line), f"Report {i}: findings line {line} " * 2, fill="black")
+        kinds["document"].append(page)
+        screen = Image.new("RGB", (320, 200), (rng.integers(200, 256),) * 3)
+        draw = ImageDraw.Draw(screen)
+        for _ in range(6):
+            x, y = int(rng.integers(0, 260)), int(rng.integers(0, 160))
+            draw.rectangle((x, y, x + 60, y + 30), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        kinds["screenshot"].append(screen)
+        film = load_image(films[i * 7])
+        kinds["inverted film"].append(ImageOps.invert(film))
+        kinds["cropped film"].append(film.crop((film.width // 3, film.height // 3, 2 * film.width // 3, 2 * film.height // 3)))
+    return kinds
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="A model folder written by train/train.py (its training_args.json names its data).")
+    parser.add_argument("--calibration_dir", help="Real in-domain films the model never trained on (default: the run's validation split).")
+    parser.add_argument("--report_dir", nargs="*", default=[], help="Folders whose flagged share is printed (e.g. adult films).")
+    parser.add_argument("--max_flagged", type=float, default=0.05)
+    parser.add_argument("--max_train_films", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    folder = resolve_model_folder(args.model)
+    classifier = PneumoniaClassifier.from_pretrained(folder).eval()
+    transform = build_transform(classifier.data_config)
+    train_split, validation_split = run_splits(json.loads((folder / "training_args.json").read_text()))
+    picked = np.random.default_rng(args.seed).permutation(len(train_split))[: args.max_train_films]
+    train_films = [row["image"]["bytes"] or row["image"]["path"] for row in train_split.select(sorted(picked))]
+    if args.calibration_dir:
+        calibration, name = folder_films(args.calibration_dir), args.calibration_dir
+    else:
+        calibration, name = [row["image"]["bytes"] or row["image"]["path"] for row in validation_split], "the run's validation split"
+    check = fit_domain_check(classifier, list(batches(train_films, transform)), list(batches(calibration, transform)), args.max_flagged, name)
+    check.save(folder)
+    print(f"fitted on {check.info['train_films']} training films; cut {check.cut:.2f}; written to {folder}")
+    print(f"{'films':<40}{'n':>5}{'flagged':>9}")
+    print(f"{'calibration: ' + name:<40}{check.info['calibration_films']:>5}{check.info['calibration_flagged']:>9.3f}")
+    for report in args.report_dir:
+        flags = [flag for batch in batches(folder_films(report), transform) for flag in check.flags(batch)]
+        print(f"{report:<40}{len(flags):>5}{np.mean(flags):>9.3f}")
+    for kind, images in non_xrays(train_films).items():
+        flags = [flag for batch in batches(images, transform) for flag in check.flags(batch)]
+        print(f"{'generated: ' + kind:<40}{len(flags):>5}{np.mean(flags):>9.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
