@@ -105,7 +105,7 @@ def _dataset_films(name: str, split: str) -> list[Film]:
     try:
         dataset = datasets.load_dataset(name, split=split)
     except ValueError as error:
-        raise InputError(f"Data set {name!r} has no split {split!r}; choose one with --split.") from error
+        raise InputError(f"Data set {name!r} has no split {split!r}; choose one with `split`.") from error
     except FileNotFoundError as error:
         raise InputError(f"Data set {name!r} not found; pass a Hub id or a local copy of a Hub data set repo.") from error
     if "image" not in dataset.column_names:

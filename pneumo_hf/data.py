@@ -44,7 +44,7 @@ _PATIENT_PATTERNS = (
 
 
 class DataError(ValueError):
-    """A data set that cannot be used; the message names the flag or folder to fix."""
+    """A data set that cannot be used; the message names the parameter (as `name`) or folder to fix."""
 
 
 def patient_id(filename: str) -> str:
@@ -71,57 +71,57 @@ def load_splits(
     if dataset_name:
         train = _load_hub_dataset(dataset_name)
     elif train_dir:
-        train = _load_image_folder(train_dir, "--train_dir")
+        train = _load_image_folder(train_dir, "`train_dir`")
     else:
-        raise DataError("No data given: pass --dataset_name (a Hub id or a local copy) or --train_dir (an image folder).")
+        raise DataError("No data given: pass `dataset_name` (a Hub id or a local copy) or `train_dir` (an image folder).")
     if max_samples:
         train = train.shuffle(seed=seed).select(range(min(max_samples, len(train))))
     if validation_dir:
-        return train, _load_image_folder(validation_dir, "--validation_dir")
+        return train, _load_image_folder(validation_dir, "`validation_dir`")
     return split_by_patient(train, validation_fraction, seed)
 
 
 def load_evaluation_set(dataset_name: Optional[str] = None, split: str = "test", data_dir: Optional[str] = None) -> datasets.Dataset:
     """A labelled split to measure a model on: `split` of a Hub data set (or local copy), or an image folder."""
     if data_dir:
-        return _load_image_folder(data_dir, "--data_dir")
+        return _load_image_folder(data_dir, "`data_dir`")
     if dataset_name:
         return _load_hub_dataset(dataset_name, split)
-    raise DataError("Pass --dataset_name NAME --split test, or --data_dir FOLDER.")
+    raise DataError("Pass `dataset_name` (with `split`), or `data_dir`.")
 
 
 def _load_hub_dataset(name: str, split: str = "train") -> datasets.Dataset:
     if not Path(name).exists() and not hub_reachable():
-        raise DataError(f"--dataset_name {name}: not a local folder, and the Hub is not reachable; pass a local copy of the data set repo or --train_dir.")
+        raise DataError(f"`dataset_name` {name}: not a local folder, and the Hub is not reachable; pass a local copy of the data set repo or `train_dir`.")
     try:
         loaded = datasets.load_dataset(name, split=split)
     except ValueError as error:  # an unknown split
         raise DataError(f"Data set {name!r} has no split {split!r} ({error}).") from error
     except FileNotFoundError as error:
-        raise DataError(f"Data set {name!r} not found ({error}); pass a Hub id, a local copy of a Hub data set repo, or use --train_dir.") from error
+        raise DataError(f"Data set {name!r} not found ({error}); pass a Hub id, a local copy of a Hub data set repo, or use `train_dir`.") from error
     except (ConnectionError, OSError) as error:
-        raise DataError(f"Could not reach the Hub for data set {name!r} ({type(error).__name__}); use a local copy via --dataset_name PATH or --train_dir.") from error
+        raise DataError(f"Could not reach the Hub for data set {name!r} ({type(error).__name__}); use a local copy as `dataset_name` or `train_dir`.") from error
     missing = {"image", "label"} - set(loaded.column_names)
     if missing:
         raise DataError(f"Data set {name!r} lacks the column(s) {sorted(missing)}; it needs `image` and `label`.")
-    _check_label_names(loaded, f"--dataset_name {name}")
+    _check_label_names(loaded, f"`dataset_name` {name}")
     return _with_patients(loaded)
 
 
-def _load_image_folder(folder: str, flag: str) -> datasets.Dataset:
+def _load_image_folder(folder: str, parameter: str) -> datasets.Dataset:
     path = Path(folder)
     if not path.is_dir():
-        raise DataError(f"{flag} {folder}: no such folder; give a folder with NORMAL/ and PNEUMONIA/ subfolders.")
+        raise DataError(f"{parameter} {folder}: no such folder; give a folder with NORMAL/ and PNEUMONIA/ subfolders.")
     found = sorted(p.name for p in path.iterdir() if p.is_dir())
     if [name for name in found if name in LABELS] != list(LABELS):
-        raise DataError(f"{flag} {folder} must hold the subfolders {list(LABELS)}; it holds {found or 'none'}.")
+        raise DataError(f"{parameter} {folder} must hold the subfolders {list(LABELS)}; it holds {found or 'none'}.")
     try:
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
     except (FileNotFoundError, ValueError) as error:
-        raise DataError(f"{flag} {folder} holds no readable image files ({error}).") from error
+        raise DataError(f"{parameter} {folder} holds no readable image files ({error}).") from error
     if len(loaded) == 0:
-        raise DataError(f"{flag} {folder} holds no image files.")
-    _check_label_names(loaded, f"{flag} {folder}")
+        raise DataError(f"{parameter} {folder} holds no image files.")
+    _check_label_names(loaded, f"{parameter} {folder}")
     return _with_patients(loaded)
 
 
@@ -140,11 +140,11 @@ def _with_patients(dataset: datasets.Dataset) -> datasets.Dataset:
 def split_by_patient(dataset: datasets.Dataset, validation_fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
     """A stratified split with every patient on one side only, the same for the same `seed`."""
     if not 0.0 < validation_fraction < 0.5:
-        raise DataError(f"--validation_fraction {validation_fraction} must lie between 0 and 0.5.")
+        raise DataError(f"`validation_fraction` {validation_fraction} must lie between 0 and 0.5.")
     n_splits = max(2, round(1.0 / validation_fraction))
     labels = np.asarray(dataset["label"])
     if np.bincount(labels, minlength=len(LABELS)).min() < n_splits:
-        raise DataError(f"Too few images of one class ({np.bincount(labels, minlength=len(LABELS)).tolist()}) to carve a validation split; add data or pass --validation_dir.")
+        raise DataError(f"Too few images of one class ({np.bincount(labels, minlength=len(LABELS)).tolist()}) to carve a validation split; add data or pass `validation_dir`.")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_index, validation_index = next(folds.split(np.zeros(len(labels)), labels, groups=dataset["patient"]))
     return dataset.select(train_index), dataset.select(validation_index)

@@ -172,7 +172,7 @@ def build_classifier(
         return _build_timm(model_name_or_path, pretrained, image_size, drop_rate)
     if _is_transformers_type(model_name_or_path):
         if pretrained:
-            raise ModelError(f"{model_name_or_path!r} is a transformers model type, which has no weights; drop --pretrained or pass a Hub id such as google/vit-base-patch16-224.")
+            raise ModelError(f"{model_name_or_path!r} is a transformers model type, which has no weights; drop `pretrained` or pass a Hub id such as google/vit-base-patch16-224.")
         return _build_transformers_from_scratch(model_name_or_path, image_size, config_overrides)
     if model_name_or_path.count("/") == 1:
         return _build_from_hub(model_name_or_path, pretrained, image_size)
@@ -184,13 +184,13 @@ def build_classifier(
 def _build_timm(name: str, pretrained: bool, image_size: Optional[int], drop_rate: float) -> PneumoniaClassifier:
     kwargs: dict[str, Any] = {"num_classes": len(LABELS), "drop_rate": drop_rate}
     if pretrained and not hub_reachable():
-        raise ModelError(f"Pretrained weights for {name!r} come from the Hub, which is not reachable; drop --pretrained to train from random init.")
+        raise ModelError(f"Pretrained weights for {name!r} come from the Hub, which is not reachable; drop `pretrained` to train from random init.")
     try:
         backbone = _create_timm(name, pretrained, kwargs, image_size)
     except (OSError, RuntimeError) as error:
         if not pretrained:
             raise
-        raise ModelError(f"Could not download pretrained weights for {name!r} from the Hub ({type(error).__name__}); drop --pretrained to train from random init, or connect to the Hub.") from error
+        raise ModelError(f"Could not download pretrained weights for {name!r} from the Hub ({type(error).__name__}); drop `pretrained` to train from random init, or connect to the Hub.") from error
     data_config = _timm_data_config(backbone)
     if image_size:
         data_config["input_size"] = (3, image_size, image_size)
@@ -228,7 +228,7 @@ def _build_transformers_from_scratch(model_type: str, image_size: Optional[int],
         try:
             config.update_from_string(config_overrides)
         except ValueError as error:
-            raise ModelError(f"--config_overrides {config_overrides!r}: {error}") from error
+            raise ModelError(f"`config_overrides` {config_overrides!r}: {error}") from error
     try:
         backbone = AutoModelForImageClassification.from_config(config)
     except ValueError as error:

@@ -211,7 +211,7 @@ def validation_split_of(folder: Path) -> datasets.Dataset:
     """The validation split of the run that wrote model folder `folder`, rebuilt from its training_args.json."""
     recorded = Path(folder) / "training_args.json"
     if not recorded.is_file():
-        raise DataError(f"{folder} has no training_args.json to rebuild its validation split from; pass --data_dir or --dataset_name.")
+        raise DataError(f"{folder} has no training_args.json to rebuild its validation split from; pass `data_dir` or `dataset_name`.")
     return run_splits(json.loads(recorded.read_text()))[1]
 
 

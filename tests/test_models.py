@@ -18,7 +18,7 @@ def test_unknown_model_name_suggests_timm_names():
 
 def test_pretrained_without_hub_names_the_flag(monkeypatch):
     monkeypatch.setattr("pneumo_hf.models.hub_reachable", lambda: False)
-    with pytest.raises(ModelError, match="drop --pretrained"):
+    with pytest.raises(ModelError, match="drop `pretrained`"):
         build_classifier("resnet18", pretrained=True)
 
 

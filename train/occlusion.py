@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from pneumo_hf import metrics
+from pneumo_hf.commands import as_flags
 from pneumo_hf.data import DataError, XrayDataset, build_transform, collate
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
 from pneumo_hf.training import evaluate, validation_split_of
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     try:
         rows = run(args.model, args.fraction)
     except (DataError, ModelError) as error:
-        logger.error("%s", error)
+        logger.error("%s", as_flags(str(error)))
         return 1
     print(f"| greyed strip ({args.fraction:.0%}) | val ROC-AUC | mean abs. change of P(PNEUMONIA) | NORMAL → PNEUMONIA | PNEUMONIA → NORMAL |")
     print("| --- | --- | --- | --- | --- |")

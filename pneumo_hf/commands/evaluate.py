@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from pneumo_hf import metrics
+from pneumo_hf.commands import as_flags
 from pneumo_hf.data import DataError, XrayDataset, build_transform, collate, load_evaluation_set
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
 from pneumo_hf.training import evaluate, validation_split_of
@@ -77,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         results = run(args)
     except (DataError, ModelError) as error:
-        logger.error("%s", error)
+        logger.error("%s", as_flags(str(error)))
         return 1
     print_table(results)
     print(f"wrote {args.output_json}")

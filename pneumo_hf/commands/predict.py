@@ -45,13 +45,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from pneumo_hf import ModelError, load_predictor
     from pneumo_hf.batch import InputError, collect_inputs, predict_archive
+    from pneumo_hf.commands import as_flags
 
     state = PartialState()
     try:
         films = collect_inputs(args.inputs, args.split)
         predictor = load_predictor(args.model)
     except InputError as error:
-        logger.error("%s", error)
+        logger.error("%s", as_flags(str(error)))
         return 1
     except ModelError as error:
         logger.error("--model %s: %s", args.model, error)

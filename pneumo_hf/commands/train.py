@@ -15,6 +15,7 @@ from typing import Optional
 
 from transformers import HfArgumentParser
 
+from pneumo_hf.commands import as_flags
 from pneumo_hf.data import DataError
 from pneumo_hf.hub import HubError
 from pneumo_hf.models import ModelError
@@ -36,6 +37,6 @@ def main(argv: Optional[Sequence[str]] = None, program: Optional[str] = None) ->
         launcher = "accelerate launch" if "ACCELERATE_USE_CPU" in os.environ or "LOCAL_RANK" in os.environ else "python"
         train(args, command=f"{launcher} {program or 'train/train.py'} " + shlex.join(argv))
     except (ValueError, DataError, ModelError, HubError) as error:
-        logging.getLogger("train").error("%s", error)
+        logging.getLogger("train").error("%s", as_flags(str(error)))
         return 1
     return 0
