@@ -150,6 +150,21 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, views: Sequence
     return np.concatenate(all_logits), np.concatenate(all_labels)
 
 
+def score_split(classifier: PneumoniaClassifier, batches, accelerator: Optional[Accelerator] = None, views: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated PNEUMONIA probabilities and labels of a split, as `load_predictor()` scores each film: the model's
+    stored test-time views (unless `views` are given) and temperature. `batches`: a loader of `XrayDataset`
+    batches, or any iterable of such batches (train/occlusion.py greys them first). The one scoring used by
+    `pneumo-hf evaluate`, train/compare.py and train/occlusion.py."""
+    views = classifier.test_time_views if views is None else views
+    logits, labels = evaluate(classifier, batches, accelerator or Accelerator(), views)
+    return metrics.probabilities(logits, classifier.temperature)[:, 1], labels
+
+
+def split_loader(classifier: PneumoniaClassifier, dataset: datasets.Dataset, batch_size: int = 64):
+    """A loader of `dataset` through the model's own preprocessing, for `score_split`."""
+    return torch.utils.data.DataLoader(XrayDataset(dataset, build_transform(classifier.data_config)), batch_size=batch_size, collate_fn=collate)
+
+
 def _loaders(args: TrainingArguments, classifier: PneumoniaClassifier, train_set, validation_set):
     loader_kwargs = {"collate_fn": collate, "num_workers": args.dataloader_num_workers, "persistent_workers": args.dataloader_num_workers > 0}
     train_loader = torch.utils.data.DataLoader(

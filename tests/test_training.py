@@ -213,6 +213,24 @@ def test_compare_tables_each_run_and_the_spread_over_seeds(tmp_path, trained_fol
     assert rows[2][1:3] == ["2", f"{first_auc - 0.05:.3f} ± {0.1 / 2 ** 0.5:.3f}"]
 
 
+def test_compare_leads_with_test_dev_figures_as_scikit_learn_counts_them(trained_folder, image_folder):
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    from pneumo_hf import load_predictor
+
+    image = next((image_folder / "NORMAL").iterdir())
+    command = [sys.executable, str(ROOT / "train" / "compare.py"), str(trained_folder), "--image", str(image), "--repeats", "1", "--test_dev_dir", str(image_folder)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| model @input | seed"))
+    assert header.split(" | ")[3:5] == ["test_dev ROC-AUC", "test_dev accuracy"]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| resnet18 @32")).split(" | ")
+    predictions = load_predictor(trained_folder).predict_batch(sorted(image_folder.rglob("*.jpeg")))
+    labels = [int("PNEUMONIA" in str(path.parent.name)) for path in sorted(image_folder.rglob("*.jpeg"))]
+    assert row[3] == f"{roc_auc_score(labels, [p.probabilities['PNEUMONIA'] for p in predictions]):.3f}"
+    assert row[4] == f"{accuracy_score(labels, [int(p.label == 'PNEUMONIA') for p in predictions]):.3f}"
+
+
 def test_occlusion_tables_each_greyed_border(trained_folder):
     result = subprocess.run([sys.executable, str(ROOT / "train" / "occlusion.py"), "--model", str(trained_folder), "--fraction", "0.25"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -221,3 +239,25 @@ def test_occlusion_tables_each_greyed_border(trained_folder):
     assert rows[0].endswith("| 0.0000 | 0 of 6 | 0 of 6 |")
     missing = subprocess.run([sys.executable, str(ROOT / "train" / "occlusion.py"), "--model", str(ROOT / "tests")], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "no config.json" in missing.stderr
+
+
+def test_evaluate_measures_what_load_predictor_predicts_as_scikit_learn_counts(trained_folder, image_folder, tmp_path):
+    """Stored test-time views, temperature and threshold applied as `load_predictor()` applies them; metrics as sklearn's."""
+    from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
+
+    from pneumo_hf import load_predictor
+
+    output = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "pneumo_hf", "evaluate", "--model", str(trained_folder), "--data_dir", str(image_folder), "--output_json", str(output)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(output.read_text())
+    predictor = load_predictor(trained_folder)
+    films = sorted(image_folder.rglob("*.jpeg"))
+    labels = [int(film.parent.name == "PNEUMONIA") for film in films]
+    predictions = predictor.predict_batch(films)
+    scores = [prediction.probabilities["PNEUMONIA"] for prediction in predictions]
+    decided = [int(prediction.label == "PNEUMONIA") for prediction in predictions]
+    assert measured["tta"] == list(predictor.classifier.test_time_views) and measured["n"] == len(films)
+    assert measured["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert measured["accuracy"] == pytest.approx(accuracy_score(labels, decided), abs=1e-9)
+    assert measured["recall"] == pytest.approx(recall_score(labels, decided), abs=1e-9)

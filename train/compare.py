@@ -1,7 +1,9 @@
-"""Markdown tables comparing trained model folders: one row per folder (validation figures, seed, size,
-CPU latency, command), then mean ± sd per model over the folders that share one.
+"""Markdown tables comparing trained model folders: one row per folder (test_dev figures when --test_dev_dir is
+given, validation figures, seed, size, CPU latency, command), then mean ± sd per model over the folders that
+share one. test_dev figures are measured as `pneumo-hf evaluate` measures them (`pneumo_hf.training.score_split`).
 
-    python train/compare.py runs/b0 runs/resnet50 runs/vit_tiny --image ../shared/data/chest_xray_224/train/NORMAL/IM-0115-0001.jpeg
+    python train/compare.py runs/b0 runs/resnet50 --image pneumo_hf/example_films/NORMAL/IM-0295-0001.jpeg \
+        --test_dev_dir ../shared/data/chest_xray_224/test_dev
 """
 
 import argparse
@@ -10,11 +12,12 @@ import statistics
 import time
 from pathlib import Path
 
-from pneumo_hf import load_predictor
+from pneumo_hf import load_predictor, metrics
+from pneumo_hf.data import load_evaluation_set
 from pneumo_hf.metrics import mean_and_spread
-from pneumo_hf.training import split_seed
+from pneumo_hf.training import score_split, split_loader, split_seed
 
-FIGURES = {"roc_auc": "val ROC-AUC", "accuracy": "val accuracy", "recall": "val sensitivity", "specificity": "val specificity", "ece": "val ECE"}
+FIGURES = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "recall": "sensitivity", "specificity": "specificity", "ece": "ECE"}
 
 
 def latency_ms(predictor, image: str, repeats: int) -> float:
@@ -35,26 +38,37 @@ def model_name(predictor) -> str:
     return f"{classifier.architecture} @{side}" + (" + TTA" if classifier.test_time_views else "")
 
 
-def row(folder: Path, name: str, predictor, results: dict, image: str, repeats: int) -> str:
+def test_dev_figures(predictor, test_dev_dir: str) -> dict:
+    """The folder's figures on the test_dev films, keyed `test_dev_<metric>`, as `pneumo-hf evaluate` measures them."""
+    classifier = predictor.classifier
+    scores, labels = score_split(classifier, split_loader(classifier, load_evaluation_set(data_dir=test_dev_dir)))
+    return {f"test_dev_{k}": v for k, v in metrics.classification_metrics(labels, scores, classifier.threshold).items()}
+
+
+def row(folder: Path, name: str, predictor, results: dict, image: str, repeats: int, splits: list[str]) -> str:
     args = json.loads((folder / "training_args.json").read_text())
     params = sum(p.numel() for p in predictor.classifier.parameters()) / 1e6
     size = (folder / "model.safetensors").stat().st_size / 2**20
     command = (folder / "README.md").read_text().split("```\n")[-2].strip() if (folder / "README.md").is_file() else ""
     return (
-        f"| {name} | {args['seed']} | {split_seed(args)} | " + " | ".join(f"{results[f'validation_{k}']:.3f}" for k in FIGURES)
+        f"| {name} | {args['seed']} | {split_seed(args)} | " + " | ".join(f"{results[f'{split}_{k}']:.3f}" for split in splits for k in FIGURES)
         + f" | {results['validation_threshold']:.3f} | {params:.1f} M | {size:.1f} MB | {latency_ms(predictor, image, repeats):.0f} ms"
         + f" | {results['epochs_run']} | {results['train_seconds'] / 60:.0f} min | `{command}` |"
     )
 
 
-def spread_table(named_results: list[tuple[str, dict]]) -> str:
-    """Mean ± sd of the validation figures per model name, over the runs of that model."""
+def headers(splits: list[str]) -> list[str]:
+    return [f"{'test_dev' if split == 'test_dev' else 'val'} {label}" for split in splits for label in FIGURES.values()]
+
+
+def spread_table(named_results: list[tuple[str, dict]], splits: list[str]) -> str:
+    """Mean ± sd of the figures per model name, over the runs of that model."""
     groups: dict[str, list[dict]] = {}
     for name, results in named_results:
         groups.setdefault(name, []).append(results)
-    lines = ["| model @input | runs | " + " | ".join(FIGURES.values()) + " |", "| --- " * (len(FIGURES) + 2) + "|"]
+    lines = ["| model @input | runs | " + " | ".join(headers(splits)) + " |", "| --- " * (len(splits) * len(FIGURES) + 2) + "|"]
     for name, found in groups.items():
-        lines.append(f"| {name} | {len(found)} | " + " | ".join(mean_and_spread([r[f"validation_{k}"] for r in found]) for k in FIGURES) + " |")
+        lines.append(f"| {name} | {len(found)} | " + " | ".join(mean_and_spread([r[f"{split}_{k}"] for r in found]) for split in splits for k in FIGURES) + " |")
     return "\n".join(lines)
 
 
@@ -63,18 +77,22 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--image", required=True, help="An X-ray to time predictions on.")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--test_dev_dir", help="Official test split, half A (NORMAL/ and PNEUMONIA/): its figures lead each row.")
     args = parser.parse_args()
-    columns = ["model @input", "seed", "split seed", *FIGURES.values(), "threshold", "params", "size on disk", "CPU latency (predict + heatmap, p50)", "epochs", "train time (2-core CPU)", "command"]
+    splits = ["test_dev", "validation"] if args.test_dev_dir else ["validation"]
+    columns = ["model @input", "seed", "split seed", *headers(splits), "threshold", "params", "size on disk", "CPU latency (predict + heatmap, p50)", "epochs", "train time (2-core CPU)", "command"]
     print("| " + " | ".join(columns) + " |")
     print("| --- " * len(columns) + "|")
     named_results = []
     for folder in args.folders:
         predictor, results = load_predictor(folder), json.loads((folder / "all_results.json").read_text())
+        if args.test_dev_dir:
+            results.update(test_dev_figures(predictor, args.test_dev_dir))
         name = model_name(predictor)
-        print(row(folder, name, predictor, results, args.image, args.repeats))
+        print(row(folder, name, predictor, results, args.image, args.repeats, splits))
         named_results.append((name, results))
     print()
-    print(spread_table(named_results))
+    print(spread_table(named_results, splits))
 
 
 if __name__ == "__main__":

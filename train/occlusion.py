@@ -11,14 +11,12 @@ import logging
 import sys
 
 import numpy as np
-import torch
-from accelerate import Accelerator
 
 from pneumo_hf import metrics
 from pneumo_hf.commands import as_flags
-from pneumo_hf.data import DataError, XrayDataset, build_transform, collate
+from pneumo_hf.data import DataError
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
-from pneumo_hf.training import evaluate, validation_split_of
+from pneumo_hf.training import score_split, split_loader, validation_split_of
 
 logger = logging.getLogger("occlusion")
 
@@ -46,13 +44,10 @@ def greyed(loader, side: str, fraction: float):
 def run(model: str, fraction: float) -> list[dict]:
     folder = resolve_model_folder(model)
     classifier = PneumoniaClassifier.from_pretrained(folder).eval()
-    dataset = XrayDataset(validation_split_of(folder), build_transform(classifier.data_config))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collate)
-    accelerator = Accelerator()
+    loader = split_loader(classifier, validation_split_of(folder))
     rows, reference = [], None
     for side in SIDES:
-        logits, labels = evaluate(classifier, greyed(loader, side, fraction), accelerator, classifier.test_time_views)
-        scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
+        scores, labels = score_split(classifier, greyed(loader, side, fraction))
         reference = scores if reference is None else reference
         positive, was_positive = scores >= classifier.threshold, reference >= classifier.threshold
         rows.append({

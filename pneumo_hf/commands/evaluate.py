@@ -12,14 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-import torch
 from accelerate import Accelerator
 
 from pneumo_hf import metrics
 from pneumo_hf.commands import as_flags
-from pneumo_hf.data import DataError, XrayDataset, build_transform, collate, load_evaluation_set
+from pneumo_hf.data import DataError, load_evaluation_set
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
-from pneumo_hf.training import evaluate, validation_split_of
+from pneumo_hf.training import score_split, split_loader, validation_split_of
 from pneumo_hf.tta import VIEWS
 
 logger = logging.getLogger("evaluate")
@@ -46,12 +45,10 @@ def run(args: argparse.Namespace) -> dict:
     folder = resolve_model_folder(args.model)
     classifier = PneumoniaClassifier.from_pretrained(folder)
     dataset = validation_split_of(folder) if args.validation_split else load_evaluation_set(args.dataset_name, args.split, args.data_dir)
-    loader = torch.utils.data.DataLoader(XrayDataset(dataset, build_transform(classifier.data_config)), batch_size=args.batch_size, collate_fn=collate)
     accelerator = Accelerator()
-    model, loader = accelerator.prepare(classifier, loader)
+    model, loader = accelerator.prepare(classifier, split_loader(classifier, dataset, args.batch_size))
     views = list(classifier.test_time_views) if args.tta is None else args.tta  # what the stored threshold and temperature were fitted with
-    logits, labels = evaluate(model, loader, accelerator, views)
-    scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
+    scores, labels = score_split(accelerator.unwrap_model(model), loader, accelerator, views)
     threshold = classifier.threshold if args.threshold is None else args.threshold
     data = "validation split" if args.validation_split else args.data_dir or f"{args.dataset_name}:{args.split}"
     results = {"model": str(args.model), "data": data, "tta": views, **metrics.classification_metrics(labels, scores, threshold)}
