@@ -1,5 +1,6 @@
 """Data: a Hub data set (or a local copy of one) or an image folder → undecoded `datasets.Dataset`s,
-a patient-grouped stratified validation split, class weights, and the one transform builder.
+a patient-grouped stratified validation split, class weights, and the Dataset that decodes films for training
+(the one transform builder is `pneumo_hf.transforms`).
 
     from pneumo_hf.data import load_splits
     train, validation = load_splits(train_dir="../shared/data/chest_xray_224/train", seed=42)
@@ -22,7 +23,6 @@ from torchvision.transforms import v2
 from .hub import hub_reachable
 from .imaging import ImageError, load_image
 from .labels import LABELS
-from .transforms import build_transform  # noqa: F401  (re-exported: training and evaluation import it from here)
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ def main(argv: Optional[Sequence[str]] = None, program: Optional[str] = None) ->
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for chatty in ("accelerate", "timm"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    parser = HfArgumentParser(TrainingArguments)
+    parser = HfArgumentParser(TrainingArguments, prog=program or "train/train.py")
     try:
         if len(argv) == 1 and argv[0].endswith(".json"):
             (args,) = parser.parse_json_file(argv[0])
