@@ -2,7 +2,7 @@
 a local copy of one → one row per input (path, decision, probabilities, threshold, warnings, error).
 
     pneumo-hf predict ../shared/data/chest_xray_224/test_dev --output preds.csv
-    pneumo-hf predict scans/ paths.csv --output preds.parquet --heatmaps heatmaps/ --batch_size 32
+    pneumo-hf predict scans/ paths.csv --output preds.parquet --heatmaps heatmaps/ --bf16
     accelerate launch -m pneumo_hf predict archive/ --output preds.csv       # one shard per process
 
 Films are decoded in DataLoader workers and predicted in batches. Rows are flushed to `OUTPUT.part-RANK.csv` as
@@ -161,8 +161,8 @@ def predict_archive(
     films: Sequence[Film],
     output: Path,
     heatmaps: Optional[Path] = None,
-    batch_size: int = 32,
-    num_workers: int = 2,
+    batch_size: int = 8,
+    num_workers: int = 1,
     accelerator=None,
 ) -> dict[str, int]:
     """Predict `films` into `output`, resuming a stopped run; with an `accelerator`, this process's shard only.
