@@ -2,7 +2,7 @@
 data set's test split (fetched only when asked, after the page is up).
 
     from pneumo_hf.examples import find_examples
-    paths, note = find_examples()                      # the 8 films in pneumo_hf/example_films
+    paths, note = find_examples()                      # the films shipped in pneumo_hf/example_films
 """
 
 from __future__ import annotations

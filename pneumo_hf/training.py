@@ -365,12 +365,10 @@ def _resume(accelerator: Accelerator, checkpoint: str, output_dir: Path) -> _Sta
 def _fit_domain_check(run: _Run, output_dir: Path, max_train_films: int = 2000) -> None:
     """The domain check (pneumo_hf.domain) fitted on up to `max_train_films` training films, its cut calibrated so
     that at most 5 % of the validation split is flagged; train/fit_domain_check.py recalibrates it on other films."""
-    transform = build_transform(run.classifier.data_config)
     picked = np.random.default_rng(run.args.seed).permutation(len(run.train_set))[:max_train_films]
 
     def batches(dataset: datasets.Dataset) -> list[torch.Tensor]:
-        loader = torch.utils.data.DataLoader(XrayDataset(dataset, transform), batch_size=64, collate_fn=collate)
-        return [batch["pixel_values"] for batch in loader if len(batch["pixel_values"])]
+        return [batch["pixel_values"] for batch in split_loader(run.classifier, dataset) if len(batch["pixel_values"])]
 
     check = fit_domain_check(run.classifier, batches(run.train_set.select(sorted(picked))), batches(run.validation_set), calibration_name="the run's validation split")
     check.save(output_dir)

@@ -1,6 +1,6 @@
 """Benchmark (not a test): the app against a no-model Gradio app of the same API shape, under load.
 
-    python tests/benchmark_app.py --image pneumo_hf/example_films/NORMAL/IM-0295-0001.jpeg
+    python tests/benchmark_app.py --image ../shared/data/chest_xray_224/train/NORMAL/IM-0295-0001.jpeg
 
 Prints in-process latency of one prediction (with and without heatmap), then, for each app and each
 client count (8 clients for 20 s, 32 clients for 60 s by default), requests per second, p50 and p95

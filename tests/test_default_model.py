@@ -45,6 +45,6 @@ def test_shipped_example_films_come_from_the_validation_split_never_train_or_tes
     films, _ = find_examples()
     validation = {Path(row["path"]).name for row in validation_split_of(DEFAULT_MODEL_DIR)["image"]}
     test_dev = {path.name for path in (REAL_DATA.parent / "test_dev").rglob("*")}
-    assert len(films) == 8 and {film.parent.name for film in films} == set(LABELS)
+    assert len(films) == 3 and {film.parent.name for film in films} <= set(LABELS)
     assert all(film.name in validation and film.name not in test_dev for film in films)
     assert all((REAL_DATA / film.parent.name / film.name).read_bytes() == film.read_bytes() for film in films)

@@ -144,7 +144,7 @@ def test_the_wheel_holds_the_default_model_and_example_films(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("pneumo_hf-*.whl"))).namelist()
     assert {"pneumo_hf/default_model/model.safetensors", "pneumo_hf/default_model/config.json", "pneumo_hf/default_model/README.md"} <= set(names)
-    assert len([name for name in names if name.startswith("pneumo_hf/example_films/") and name.endswith(".jpeg")]) == 8
+    assert len([name for name in names if name.startswith("pneumo_hf/example_films/") and name.endswith(".jpeg")]) == 3
     assert any(name.endswith("entry_points.txt") for name in names)
 
 
