@@ -81,6 +81,14 @@ def test_one_pass_heatmap_sends_the_views_through_in_the_same_batch():
         assert torch.allclose(logits, logits_with_views(model, pixel_values, ("hflip", "zoom")), atol=1e-5)
 
 
-@pytest.mark.parametrize("name, kwargs", FAMILIES[2:])
-def test_transformers_keep_grad_cam(name, kwargs):
+@pytest.mark.parametrize("name, kwargs", [*FAMILIES[2:], ("keras_cnn", {})])
+def test_transformers_and_dense_heads_keep_grad_cam(name, kwargs):
     assert HeatmapMaker(build_classifier(name, image_size=64, **kwargs)).head is None
+
+
+def test_keras_cnn_heatmap_reads_its_last_block():
+    model = build_classifier("keras_cnn", image_size=64).eval()
+    maker = HeatmapMaker(model)
+    assert maker.layers == [model.backbone.blocks[2]]
+    maps, logits = maker(torch.randn(2, 3, 64, 64))
+    assert maps.shape == (2, 64, 64) and logits.shape == (2, 2)

@@ -26,6 +26,7 @@ def test_pretrained_without_hub_names_the_flag(monkeypatch):
     ("resnet18", {"image_size": 32}),
     ("vit_tiny_patch16_224", {"image_size": 32}),
     ("vit", {"image_size": 32, "config_overrides": TINY_VIT}),
+    ("keras_cnn", {"image_size": 32}),
 ])
 def test_save_load_round_trip_keeps_labels_threshold_and_outputs(tmp_path, name, kwargs):
     model = build_classifier(name, **kwargs).eval()
@@ -41,6 +42,16 @@ def test_save_load_round_trip_keeps_labels_threshold_and_outputs(tmp_path, name,
     with torch.no_grad():
         assert torch.allclose(model(x), loaded(x), atol=1e-5)
     assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
+
+
+def test_keras_notebook_cnn_builds_by_name_as_three_blocks_then_dense():
+    model = build_classifier("keras_cnn", image_size=150).backbone
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convolutions] == [32, 64, 128] and all(c.kernel_size == (3, 3) for c in convolutions)
+    assert model.num_features == 128 * 17 * 17 and model.get_classifier().in_features == 128  # 150 → 74 → 36 → 17
+    assert timm.data.resolve_model_data_config(model)["mean"] == (0.0, 0.0, 0.0)  # Keras' rescale=1/255
+    with pytest.raises(ValueError, match="too small"):
+        build_classifier("keras_cnn", image_size=16)
 
 
 def test_half_storage_matches_full_precision(tmp_path):
