@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import metrics
-from .data import DataError, XrayDataset, class_weights, collate, load_splits
+from .data import DataError, XrayDataset, class_weights, collate, load_evaluation_set, load_splits
 from .domain import fit_domain_check
 from .hub import push_folder, write_model_card
 from .models import PneumoniaClassifier, build_classifier
@@ -51,6 +51,7 @@ class TrainingArguments:
     dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hub data set id (hf-vision/chest-xray-pneumonia) or a local copy of one."})
     train_dir: Optional[str] = field(default=None, metadata={"help": "An image folder with NORMAL/ and PNEUMONIA/ subfolders."})
     validation_dir: Optional[str] = field(default=None, metadata={"help": "An image folder for validation; default: a patient-grouped split of train."})
+    test_dev_dir: Optional[str] = field(default=None, metadata={"help": "An image folder of films never trained on (the official test split, half A): scored at the end as load_predictor() predicts; its figures lead the model card and go to all_results.json as test_dev_*."})
     validation_fraction: float = field(default=0.15, metadata={"help": "Share of train patients held out for validation."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only this many training images (quick runs)."})
     model_name_or_path: str = field(default="efficientnet_b0", metadata={"help": "timm name (resnet50, efficientnet_b0, vit_small_patch16_224), transformers model type (vit), model folder or Hub id."})
@@ -208,6 +209,7 @@ class _Run:
     weights: torch.Tensor
     train_set: datasets.Dataset
     validation_set: datasets.Dataset
+    test_dev_loader: Any  # None without --test_dev_dir
     command: str
     state: _State = field(default_factory=_State)
 
@@ -242,6 +244,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     )
     set_seed(args.seed)
     train_set, validation_set = run_splits(asdict(args))
+    test_dev_set = load_evaluation_set(data_dir=args.test_dev_dir) if args.test_dev_dir else None  # a bad folder fails now, not after training
     weights = class_weights(train_set["label"])
     logger.info("Train %d images (%d patients), validation %d images; class weights %s", len(train_set), len(set(train_set["patient"])), len(validation_set), weights.tolist())
 
@@ -256,6 +259,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     total_steps = args.num_train_epochs * steps_per_epoch
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_loader, validation_loader, scheduler = accelerator.prepare(classifier, optimizer, train_loader, validation_loader, scheduler)
+    test_dev_loader = accelerator.prepare(split_loader(classifier, test_dev_set, args.per_device_eval_batch_size)) if test_dev_set is not None else None
     criterion = make_loss(args.loss, weights.to(accelerator.device), args.label_smoothing, args.focal_gamma)
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=args.model_ema_decay, use_warmup=True) if args.model_ema_decay else None
     if ema is not None:
@@ -264,7 +268,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     total_steps = args.num_train_epochs * steps_per_epoch
 
     state = _resume(accelerator, args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else _State()
-    run = _Run(args, accelerator, classifier, model, ema, criterion, optimizer, scheduler, train_loader, validation_loader, weights, train_set, validation_set, command, state)
+    run = _Run(args, accelerator, classifier, model, ema, criterion, optimizer, scheduler, train_loader, validation_loader, weights, train_set, validation_set, test_dev_loader, command, state)
     if args.with_tracking:
         accelerator.init_trackers("pneumo_hf", {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
     progress = tqdm(total=total_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process, desc="train")
@@ -375,6 +379,15 @@ def _fit_domain_check(run: _Run, output_dir: Path, max_train_films: int = 2000) 
     logger.info("Domain check fitted on %d training films; %.1f %% of validation flagged.", check.info["train_films"], 100 * check.info["calibration_flagged"])
 
 
+def _test_dev_figures(classifier: PneumoniaClassifier, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The figures of --test_dev_dir from the stored weights' logits, at the fitted temperature and threshold:
+    what `pneumo-hf evaluate` (score_split) measures on the saved folder."""
+    scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
+    found = metrics.classification_metrics(labels, scores, classifier.threshold)
+    logger.info("test_dev: ROC-AUC %.4f, accuracy %.4f, sensitivity %.4f, specificity %.4f (%d films).", found["roc_auc"], found["accuracy"], found["recall"], found["specificity"], found["n"])
+    return found
+
+
 def _choose_storage(args: TrainingArguments, scores: np.ndarray, fp16_logits: Optional[np.ndarray], temperature: float) -> tuple[dict[str, Any], np.ndarray]:
     """fp16 when --save_fp16 and no validation probability moves by more than --fp16_tolerance, else fp32;
     and the validation scores of the weights so stored."""
@@ -398,8 +411,10 @@ def _finish(run: _Run) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     best = PneumoniaClassifier.from_pretrained(output_dir / "best_model")
     accelerator.unwrap_model(classifier).load_state_dict(best.state_dict())
+    candidates = {"float32": classifier, **({"float16": classifier.fp16_rounded()} if args.save_fp16 else {})}
     logits, labels = evaluate(classifier, validation_loader, accelerator, args.test_time_views)
-    fp16_logits = evaluate(classifier.fp16_rounded(), validation_loader, accelerator, args.test_time_views)[0] if args.save_fp16 else None
+    fp16_logits = evaluate(candidates["float16"], validation_loader, accelerator, args.test_time_views)[0] if args.save_fp16 else None
+    test_dev = {dtype: evaluate(model, run.test_dev_loader, accelerator, args.test_time_views) for dtype, model in candidates.items()} if run.test_dev_loader else {}
     if not accelerator.is_main_process:
         return {}
     classifier.test_time_views = tuple(args.test_time_views)
@@ -408,12 +423,14 @@ def _finish(run: _Run) -> dict[str, Any]:
     classifier.threshold = metrics.choose_threshold(labels, scores, args.min_sensitivity)
     storage, scores = _choose_storage(args, scores, fp16_logits, classifier.temperature)  # the figures are the stored weights'
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
+    test_dev_found = _test_dev_figures(classifier, *test_dev[storage["dtype"]]) if test_dev else None
     classifier.save_pretrained(output_dir, half=storage["dtype"] == "float16")
     _fit_domain_check(run, output_dir)
     metrics.plot_roc(labels, scores, output_dir / "roc_curve.png", "Validation ROC")
     metrics.plot_confusion(labels, scores, classifier.threshold, output_dir / "confusion_matrix.png", "Validation")
     metrics.plot_history(state.history, output_dir / "training_curves.png")
     results = {
+        **{f"test_dev_{k}": v for k, v in (test_dev_found or {}).items()},
         **{f"validation_{k}": v for k, v in found.items()},
         "temperature": classifier.temperature,
         "epochs_run": len(state.history),
@@ -428,6 +445,8 @@ def _finish(run: _Run) -> dict[str, Any]:
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "training_args.json").write_text(json.dumps(asdict(args), indent=2))
     summary = {
+        "test_dev": test_dev_found,
+        "test_dev_dir": args.test_dev_dir,
         "validation": found,
         "family": classifier.family,
         "architecture": classifier.architecture,

@@ -103,13 +103,13 @@ def image_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_folder(tmp_path_factory, image_folder) -> Path:
-    """A model folder written by a real two-epoch training run on the tiny images."""
+    """A model folder written by a real two-epoch training run on the tiny images (which stand in for test_dev too)."""
     from pneumo_hf.training import TrainingArguments, train
 
     output = tmp_path_factory.mktemp("runs") / "tiny"
     args = TrainingArguments(
         output_dir=str(output), train_dir=str(image_folder), model_name_or_path="resnet18", image_size=32,
-        num_train_epochs=2, per_device_train_batch_size=8, dataloader_num_workers=0, validation_fraction=0.25,
+        num_train_epochs=2, per_device_train_batch_size=8, dataloader_num_workers=0, validation_fraction=0.25, test_dev_dir=str(image_folder),
     )
     train(args, command="pytest")
     return output

@@ -11,6 +11,7 @@ from conftest import REAL_DATA, TINY_VIT
 from safetensors.torch import load_file
 
 from pneumo_hf import load_predictor
+from pneumo_hf.data import DataError
 from pneumo_hf.hub import HubError, push_folder
 from pneumo_hf.labels import LABELS
 from pneumo_hf.training import TrainingArguments, train
@@ -44,6 +45,29 @@ def test_training_writes_a_complete_loadable_model_folder(trained_folder, image_
     prediction = load_predictor(trained_folder).predict(next((image_folder / "PNEUMONIA").iterdir()))
     assert set(prediction.probabilities) == set(LABELS)
     assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5
+
+
+def test_test_dev_figures_lead_the_card_and_match_evaluate(trained_folder, image_folder, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from pneumo_hf.commands import evaluate
+
+    results = json.loads((trained_folder / "all_results.json").read_text())
+    measured = evaluate.run(evaluate.parse_args(["--model", str(trained_folder), "--data_dir", str(image_folder), "--output_json", str(tmp_path / "e.json")]))
+    assert results["test_dev_confusion_matrix"] == measured["confusion_matrix"]
+    for key in ("n", "accuracy", "roc_auc", "recall", "specificity", "ece"):
+        assert results[f"test_dev_{key}"] == pytest.approx(measured[key], abs=1e-6), key
+    card = ModelCard.load(trained_folder / "README.md")
+    assert card.text.index("## Figures on films it never saw") < card.text.index("## Validation figures")
+    assert f"| {measured['accuracy']:.3f} | {measured['roc_auc']:.3f} |" in card.text
+    assert [entry.dataset_split for entry in card.data.eval_results][::4] == ["test", "validation"]
+    assert "the official test split" not in card.text.split("## Known failure modes")[1]
+
+
+def test_a_missing_test_dev_folder_stops_before_training(tmp_path, image_folder):
+    with pytest.raises(DataError, match="does-not-exist"):
+        train(tiny_args(tmp_path, image_folder, test_dev_dir=str(tmp_path / "does-not-exist")))
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_transformers_vit_trains_end_to_end(tmp_path, image_folder):
@@ -180,6 +204,11 @@ def test_two_processes_count_each_validation_image_once(tmp_path, image_folder):
 
 
 def test_ablation_sweep_tables_mean_and_spread_and_skips_finished_runs(tmp_path, image_folder):
+    from sklearn.metrics import roc_auc_score
+
+    from pneumo_hf import load_predictor
+    from pneumo_hf.metrics import mean_and_spread
+
     spec = {
         "base": {"model_name_or_path": "resnet18", "image_size": 32, "num_train_epochs": 1, "per_device_train_batch_size": 6,
                  "dataloader_num_workers": 0, "validation_fraction": 0.25, "split_seed": 3},
@@ -187,11 +216,16 @@ def test_ablation_sweep_tables_mean_and_spread_and_skips_finished_runs(tmp_path,
         "seeds": [1, 2],
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    command = [sys.executable, str(ROOT / "train" / "ablate.py"), str(tmp_path / "spec.json"), "--train_dir", str(image_folder), "--output_dir", str(tmp_path / "sweep")]
+    command = [sys.executable, str(ROOT / "train" / "ablate.py"), str(tmp_path / "spec.json"), "--train_dir", str(image_folder), "--output_dir", str(tmp_path / "sweep"),
+               "--test_dev_dir", str(image_folder)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     rows = [line for line in first.stdout.splitlines() if line.startswith(("| base", "| no_augmentation"))]
     assert len(rows) == 2 and all(row.split("|")[2].strip() == "2" and "±" in row for row in rows)
+    films = sorted(image_folder.rglob("*.jpeg"))
+    labels = [int(path.parent.name == "PNEUMONIA") for path in films]
+    aucs = [roc_auc_score(labels, [p.probabilities["PNEUMONIA"] for p in load_predictor(run).predict_batch(films)]) for run in sorted((tmp_path / "sweep" / "base").glob("seed_*"))]
+    assert rows[0].split(" | ")[2] == mean_and_spread(aucs)  # test_dev ROC-AUC leads, as scikit-learn counts it
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert "training" not in again.stdout and (tmp_path / "sweep" / "ablation.md").read_text().strip() in again.stdout
 

@@ -1,10 +1,14 @@
 """Recipe ablation: every variant of a JSON spec × every seed through train/train.py, then mean ± sd.
 
     python train/ablate.py train/ablation.json --train_dir ../shared/data/chest_xray_224/train --output_dir runs/ablation
+    python train/ablate.py train/families.json --train_dir ../shared/data/chest_xray_224/train --output_dir runs/families \
+        --test_dev_dir ../shared/data/chest_xray_224/test_dev
 
 Runs go seed by seed (all variants of the first seed, then the next), so a stopped sweep still
 compares every variant. A finished run is skipped and a stopped one resumes from its checkpoint:
-run the same command again. The table goes to stdout and OUTPUT/ablation.md.
+run the same command again. With --test_dev_dir each finished run is scored there once, as `pneumo-hf evaluate`
+scores it (saved as RUN/test_dev.json), and those figures lead the table. The table goes to stdout and
+OUTPUT/ablation.md.
 """
 
 import argparse
@@ -12,11 +16,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
+from pneumo_hf.commands import evaluate
 from pneumo_hf.metrics import mean_and_spread
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
-COLUMNS = ("roc_auc", "accuracy", "recall", "specificity", "ece")
+COLUMNS = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "recall": "sensitivity", "specificity": "specificity", "ece": "ECE"}
 
 
 def run(flags: dict, train_dir: str, output: Path) -> None:
@@ -31,15 +37,27 @@ def run(flags: dict, train_dir: str, output: Path) -> None:
         subprocess.run([sys.executable, str(TRAIN), str(output / "run_arguments.json")], stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
-def table(spec: dict, output_dir: Path) -> str:
-    """Markdown: one row per variant, mean ± sd over the seeds that finished."""
-    lines = [
-        "| Variant | Seeds | Val ROC-AUC | Accuracy | Sensitivity | Specificity | ECE |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+def test_dev_results(run_dir: Path, test_dev_dir: str) -> dict:
+    """The run's figures on test_dev, keyed `test_dev_<metric>`: scored once by `pneumo-hf evaluate`, then read back."""
+    saved = run_dir / "test_dev.json"
+    if not saved.is_file():
+        evaluate.run(evaluate.parse_args(["--model", str(run_dir), "--data_dir", test_dev_dir, "--output_json", str(saved)]))
+    return {f"test_dev_{key}": value for key, value in json.loads(saved.read_text()).items()}
+
+
+def table(spec: dict, output_dir: Path, test_dev_dir: Optional[str] = None) -> str:
+    """Markdown: one row per variant, mean ± sd over the seeds that finished, test_dev figures first when given."""
+    splits = ["test_dev", "validation"] if test_dev_dir else ["validation"]
+    headers = [f"{'test_dev' if split == 'test_dev' else 'val'} {label}" for split in splits for label in COLUMNS.values()]
+    lines = ["| Variant | Seeds | " + " | ".join(headers) + " |", "| --- " * (len(headers) + 2) + "|"]
     for variant in spec["variants"]:
-        found = [json.loads(p.read_text()) for p in sorted((output_dir / variant).glob("seed_*/all_results.json"))]
-        cells = [mean_and_spread([result[f"validation_{column}"] for result in found]) for column in COLUMNS]
+        found = []
+        for results_file in sorted((output_dir / variant).glob("seed_*/all_results.json")):
+            results = json.loads(results_file.read_text())
+            if test_dev_dir:
+                results.update(test_dev_results(results_file.parent, test_dev_dir))
+            found.append(results)
+        cells = [mean_and_spread([result[f"{split}_{column}"] for result in found]) for split in splits for column in COLUMNS]
         lines.append(f"| {variant} | {len(found)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -49,6 +67,7 @@ def main() -> int:
     parser.add_argument("spec", help="JSON with 'base' flags, 'variants' (name → flags changed) and 'seeds'.")
     parser.add_argument("--train_dir", required=True)
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--test_dev_dir", help="Official test split, half A (NORMAL/ and PNEUMONIA/): score every finished run there too.")
     parser.add_argument("--summary_only", action="store_true", help="Print the table of the runs that finished; train nothing.")
     args = parser.parse_args()
     spec = json.loads(Path(args.spec).read_text())
@@ -64,7 +83,7 @@ def main() -> int:
                     run({**spec["base"], **changes, "seed": seed}, args.train_dir, output)
                 except subprocess.CalledProcessError:
                     print(f"{variant} seed {seed} failed; see {output / 'train.log'}", flush=True)
-    summary = table(spec, output_dir)
+    summary = table(spec, output_dir, args.test_dev_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "ablation.md").write_text(summary + "\n")
     print(summary)
