@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
@@ -32,6 +33,7 @@ from . import metrics
 from .data import DataError, XrayDataset, class_weights, collate, load_evaluation_set, load_splits
 from .domain import fit_domain_check
 from .hub import push_folder, write_model_card
+from .labels import LABELS
 from .models import PneumoniaClassifier, build_classifier
 from .transforms import build_transform
 from .tta import VIEWS, logits_with_views
@@ -72,6 +74,9 @@ class TrainingArguments:
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy."})
     model_ema_decay: Optional[float] = field(default=None, metadata={"help": "Keep an exponential moving average of the weights (timm ModelEmaV3 with warm-up) up to this decay, e.g. 0.999; validation and the saved model use it."})
     aug_strength: float = field(default=1.0, metadata={"help": "Scale of rotation/shift/scale/brightness/contrast augmentation; 0 turns it off."})
+    intensity_aug: float = field(default=0.0, metadata={"help": "Scale of intensity augmentation: random gamma, Gaussian blur and noise (other exposures and detectors); 0 turns it off, 1 is the default strength."})
+    mixup: float = field(default=0.0, metadata={"help": "Mixup alpha (timm's --mixup, e.g. 0.2): train on blends of two films and their labels; 0 turns it off."})
+    cutmix: float = field(default=0.0, metadata={"help": "CutMix alpha (timm's --cutmix, e.g. 1.0): paste a patch of one film into another, labels by area; 0 turns it off."})
     random_erasing: float = field(default=0.0, metadata={"help": "Probability of erasing a random rectangle of each training image with noise (timm's --reprob, --remode pixel); 0 turns it off."})
     dataloader_num_workers: int = field(default=2, metadata={"help": "Worker processes decoding images."})
     seed: int = field(default=42, metadata={"help": "Seed for the init, the augmentation and the data order."})
@@ -106,6 +111,10 @@ class TrainingArguments:
         unknown_views = sorted(set(self.test_time_views) - set(VIEWS))
         if unknown_views:
             raise ValueError(f"--test_time_views {unknown_views}: choose from {sorted(VIEWS)}.")
+        if (self.mixup or self.cutmix) and self.loss == "focal":
+            raise ValueError("--mixup and --cutmix train on blended labels, which --loss focal does not take; use --loss weighted_ce.")
+        if min(self.mixup, self.cutmix, self.intensity_aug) < 0:
+            raise ValueError("--mixup, --cutmix and --intensity_aug take 0 (off) or a positive value.")
         if not 0.0 <= self.random_erasing <= 1.0:
             raise ValueError(f"--random_erasing {self.random_erasing}: give a probability between 0 and 1, e.g. 0.25.")
         if not 0.5 <= self.min_sensitivity <= 1.0:
@@ -169,7 +178,7 @@ def split_loader(classifier: PneumoniaClassifier, dataset: datasets.Dataset, bat
 def _loaders(args: TrainingArguments, classifier: PneumoniaClassifier, train_set, validation_set):
     loader_kwargs = {"collate_fn": collate, "num_workers": args.dataloader_num_workers, "persistent_workers": args.dataloader_num_workers > 0}
     train_loader = torch.utils.data.DataLoader(
-        XrayDataset(train_set, build_transform(classifier.data_config, train=True, aug_strength=args.aug_strength, random_erasing=args.random_erasing)),
+        XrayDataset(train_set, build_transform(classifier.data_config, train=True, aug_strength=args.aug_strength, random_erasing=args.random_erasing, intensity_aug=args.intensity_aug)),
         batch_size=args.per_device_train_batch_size, shuffle=True, **loader_kwargs,
     )
     validation_loader = torch.utils.data.DataLoader(
@@ -202,6 +211,7 @@ class _Run:
     model: nn.Module  # prepared: what is trained
     ema: Optional[ModelEmaV3]
     criterion: Any
+    mixup: Optional[Mixup]
     optimizer: torch.optim.Optimizer
     scheduler: Any
     train_loader: Any
@@ -260,7 +270,8 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_loader, validation_loader, scheduler = accelerator.prepare(classifier, optimizer, train_loader, validation_loader, scheduler)
     test_dev_loader = accelerator.prepare(split_loader(classifier, test_dev_set, args.per_device_eval_batch_size)) if test_dev_set is not None else None
-    criterion = make_loss(args.loss, weights.to(accelerator.device), args.label_smoothing, args.focal_gamma)
+    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing, num_classes=len(LABELS)) if args.mixup or args.cutmix else None
+    criterion = make_loss(args.loss, weights.to(accelerator.device), 0.0 if mixup else args.label_smoothing, args.focal_gamma)  # Mixup smooths its own targets
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=args.model_ema_decay, use_warmup=True) if args.model_ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
@@ -268,7 +279,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     total_steps = args.num_train_epochs * steps_per_epoch
 
     state = _resume(accelerator, args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else _State()
-    run = _Run(args, accelerator, classifier, model, ema, criterion, optimizer, scheduler, train_loader, validation_loader, weights, train_set, validation_set, test_dev_loader, command, state)
+    run = _Run(args, accelerator, classifier, model, ema, criterion, mixup, optimizer, scheduler, train_loader, validation_loader, weights, train_set, validation_set, test_dev_loader, command, state)
     if args.with_tracking:
         accelerator.init_trackers("pneumo_hf", {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
     progress = tqdm(total=total_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process, desc="train")
@@ -314,10 +325,14 @@ def _train_one_epoch(run: _Run, epoch: int, progress) -> float:
     for batch in active:
         state.batches_done += 1
         state.skipped_images += int(batch["n_skipped"])
-        if len(batch["labels"]) == 0:
+        pixel_values, targets = batch["pixel_values"], batch["labels"]
+        if run.mixup is not None:  # timm's Mixup blends the batch with its mirror: an even number of films
+            even = len(targets) - len(targets) % 2
+            pixel_values, targets = run.mixup(pixel_values[:even], targets[:even]) if even else (pixel_values[:0], targets[:0])
+        if len(targets) == 0:
             continue
         with accelerator.accumulate(model):
-            loss = criterion(model(batch["pixel_values"]).float(), batch["labels"])
+            loss = criterion(model(pixel_values).float(), targets)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()

@@ -124,3 +124,14 @@ def test_random_erasing_fills_a_rectangle_with_noise_only_in_training():
     assert changed[0][rows.min() : rows.max() + 1, columns.min() : columns.max() + 1].float().mean() > 0.9  # one rectangle
     evaluated = build_transform(config, random_erasing=1.0)(flat)
     assert torch.allclose(evaluated, torch.full_like(evaluated, grey), atol=0.02)
+
+
+def test_intensity_augmentation_changes_exposure_only_in_training():
+    config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    image = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1)))  # a grey ramp
+    torch.manual_seed(0)
+    augmented = build_transform(config, train=True, aug_strength=0.0, intensity_aug=1.0)
+    plain = build_transform(config)(image)
+    differences = [(augmented(image) - plain).abs().max().item() for _ in range(20)]
+    assert sum(d > 0.02 for d in differences) >= 10  # gamma, blur or noise in most draws
+    assert all(torch.equal(build_transform(config, intensity_aug=1.0)(image), plain) for _ in range(3))

@@ -70,6 +70,18 @@ def test_a_missing_test_dev_folder_stops_before_training(tmp_path, image_folder)
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_mixup_cutmix_and_intensity_augmentation_train_on_odd_batches(tmp_path, image_folder, monkeypatch):
+    """Mixup/CutMix (timm) see an even number of films per batch: a batch of 5 trains on 4, a batch of 1 is skipped."""
+    from timm.data import Mixup
+
+    seen = []
+    original = Mixup.__call__
+    monkeypatch.setattr(Mixup, "__call__", lambda self, x, target: seen.append(len(x)) or original(self, x, target))
+    results = train(tiny_args(tmp_path, image_folder, num_train_epochs=1, per_device_train_batch_size=5, mixup=0.2, cutmix=1.0, intensity_aug=1.0, label_smoothing=0.1))
+    assert results["epochs_run"] == 1 and seen and all(n % 2 == 0 and n > 0 for n in seen)
+    assert load_predictor(tmp_path).predict(next((image_folder / "NORMAL").iterdir())).label in LABELS
+
+
 def test_transformers_vit_trains_end_to_end(tmp_path, image_folder):
     results = train(tiny_args(tmp_path, image_folder, model_name_or_path="vit", config_overrides=TINY_VIT, num_train_epochs=1))
     assert results["epochs_run"] == 1
@@ -143,6 +155,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["--train_dir", "/nonexistent"], "no such folder"),
     (["--model_name_or_path", "resnet5o"], "Unknown model"),
     (["--loss", "hinge"], "--loss 'hinge'"),
+    (["--loss", "focal", "--mixup", "0.2"], "--loss focal does not take"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, image_folder, flags, message):
     base = {"--train_dir": str(image_folder), "--output_dir": str(tmp_path / "out"), "--image_size": "32"}
