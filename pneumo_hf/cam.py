@@ -21,6 +21,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from .ensemble import Ensemble
 from .labels import LABEL2ID, POSITIVE_LABEL
 from .models import PneumoniaClassifier
 from .tta import mean_over_views, with_views
@@ -44,12 +45,18 @@ def target_layers(classifier: PneumoniaClassifier) -> tuple[list[nn.Module], Res
     if hasattr(backbone, "blocks") and hasattr(backbone, "patch_embed"):  # timm ViT / DeiT
         grid_h, grid_w = backbone.patch_embed.grid_size
         return [backbone.blocks[-1].norm1], _tokens_to_grid(grid_h, grid_w, getattr(backbone, "num_prefix_tokens", 1))
+    if isinstance(backbone, Ensemble):  # each member's map, averaged by grad-cam
+        return [_cnn_layer(member) for member in backbone.members], None
+    return [_cnn_layer(backbone)], None
+
+
+def _cnn_layer(backbone: nn.Module) -> nn.Module:
+    """A timm CNN's last feature map, after its activation."""
     if hasattr(backbone, "layer4"):  # timm ResNet family
-        return [backbone.layer4[-1]], None
+        return backbone.layer4[-1]
     if hasattr(backbone, "conv_head") and hasattr(backbone, "bn2"):  # timm EfficientNet / MobileNet: bn2 holds the activation
-        return [backbone.bn2], None
-    last_stage = backbone.feature_info[-1]["module"]  # any other timm CNN: its last feature stage
-    return [backbone.get_submodule(last_stage)], None
+        return backbone.bn2
+    return backbone.get_submodule(backbone.feature_info[-1]["module"])  # any other timm CNN: its last feature stage
 
 
 def _tokens_to_grid(height: int, width: int, prefix_tokens: int) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -22,7 +22,7 @@ import timm
 import torch
 from torch import nn
 
-from . import keras_cnn  # noqa: F401  (registers `keras_cnn` with timm, so it builds and loads by name)
+from . import ensemble, keras_cnn  # noqa: F401  (register `pneumo_ensemble` and `keras_cnn` with timm, so they build and load by name)
 from .hub import hub_reachable
 from .labels import ID2LABEL, LABEL2ID, LABELS
 

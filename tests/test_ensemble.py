@@ -1,0 +1,86 @@
+"""Ensembles: members fed their own preprocessing inside one timm model, the folder built by train/ensemble.py, and
+its predictions equal to the mean of the members' calibrated logits."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from pneumo_hf import load_predictor
+from pneumo_hf.ensemble import member_spec
+from pneumo_hf.models import build_classifier
+from pneumo_hf.training import TrainingArguments, train
+from pneumo_hf.transforms import build_transform
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_each_member_gets_the_film_as_its_own_preprocessing_makes_it():
+    first, second = build_classifier("resnet18", image_size=64).eval(), build_classifier("keras_cnn", image_size=48).eval()
+    second.temperature = 2.0
+    specs = [member_spec(member.backbone, member.data_config, member.temperature) for member in (first, second)]
+    ensemble = timm.create_model("pneumo_ensemble", members=specs).eval()
+    for slot, member in zip(ensemble.members, (first, second), strict=True):
+        slot.load_state_dict(member.backbone.state_dict())
+    film = torch.rand(1, 3, 64, 64)  # pixels in [0, 1]
+    as_first = build_transform(first.data_config).transforms[-1](film)  # the first member's normalisation
+    inputs = ensemble.member_inputs(as_first)
+    assert inputs[0] is as_first
+    assert torch.allclose(inputs[1], torch.nn.functional.interpolate(film, size=(48, 48), mode="bilinear", antialias=True), atol=1e-5)  # mean 0, std 1
+    with torch.no_grad():
+        expected = (first(as_first) / 1.0 + second(inputs[1]) / 2.0) / 2
+        assert torch.allclose(ensemble(as_first), expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def second_member(tmp_path_factory, image_folder, trained_folder) -> Path:
+    """A keras_cnn validated on the trained_folder's split."""
+    output = tmp_path_factory.mktemp("runs") / "keras"
+    train(TrainingArguments(output_dir=str(output), train_dir=str(image_folder), model_name_or_path="keras_cnn", image_size=40, num_train_epochs=1,
+                            per_device_train_batch_size=8, dataloader_num_workers=0, validation_fraction=0.25), command="pytest")
+    return output
+
+
+def run_ensemble(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train" / "ensemble.py"), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_ensemble_folder_predicts_the_mean_of_calibrated_member_logits(tmp_path, trained_folder, second_member, image_folder):
+    output = tmp_path / "ensemble"
+    result = run_ensemble(str(trained_folder), str(second_member), "--output_dir", str(output), "--test_dev_dir", str(image_folder), "--test_time_views", "hflip")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("config.json", "model.safetensors", "README.md", "all_results.json", "training_args.json", "domain_check.json"):
+        assert (output / name).is_file(), name
+    ensemble, members = load_predictor(output), [load_predictor(trained_folder), load_predictor(second_member)]
+    film = next((image_folder / "PNEUMONIA").iterdir())
+    image = ensemble.predict(film).image
+    inputs = ensemble.classifier.backbone.member_inputs(ensemble.transform(image).unsqueeze(0))
+    logits = []
+    for member, pixels in zip(members, inputs, strict=True):  # each member's own weights and temperature, over the film and its mirror
+        with torch.no_grad():
+            logits.append(member.classifier(torch.cat([pixels, pixels.flip(-1)])).mean(dim=0) / member.classifier.temperature)
+    expected = torch.softmax(torch.stack(logits).mean(dim=0) / ensemble.classifier.temperature, dim=0).numpy()
+    assert np.allclose([ensemble.predict(film).probabilities[label] for label in ("NORMAL", "PNEUMONIA")], expected, atol=1e-5)
+    prediction = ensemble.predict(film, heatmap=True)
+    assert prediction.heatmap.shape == (image.height, image.width) and 0 <= prediction.heatmap.min() <= prediction.heatmap.max() <= 1
+    assert ensemble.domain is not None  # the first member's check: the same first convolution on the same input
+    results = json.loads((output / "all_results.json").read_text())
+    assert results["members"] == [str(trained_folder), str(second_member)] and "test_dev_roc_auc" in results
+    assert "pneumo_ensemble(resnet18, keras_cnn)" in (output / "README.md").read_text()
+
+
+def test_members_validated_on_different_splits_are_refused(tmp_path, trained_folder, second_member):
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in second_member.iterdir():
+        if path.is_file():
+            (other / path.name).write_bytes(path.read_bytes())
+    args = json.loads((other / "training_args.json").read_text())
+    (other / "training_args.json").write_text(json.dumps({**args, "split_seed": 3}))
+    result = run_ensemble(str(trained_folder), str(other), "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 1 and "different splits" in result.stderr and "Traceback" not in result.stderr

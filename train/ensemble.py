@@ -1,0 +1,146 @@
+"""Join trained model folders into one ensemble model folder (see pneumo_hf.ensemble), fitted like a training run.
+
+    python train/ensemble.py pneumo_hf/default_model runs/keras_cnn --output_dir runs/ensemble \
+        --test_dev_dir ../shared/data/chest_xray_224/test_dev
+
+The members must be timm CNNs validated on one split (same data, same split seed). The ensemble's temperature
+and threshold are fitted on that validation split, with the first member's test-time views (or
+--test_time_views), as train/train.py fits them; its domain check is the first member's (the same first
+convolution on the same input). Writes config.json + model.safetensors, all_results.json (validation_*, and
+test_dev_* with --test_dev_dir, scored as `pneumo-hf evaluate` scores), the model card and its plots.
+"""
+
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import timm
+from accelerate import Accelerator
+
+from pneumo_hf import metrics
+from pneumo_hf.data import DataError, load_evaluation_set
+from pneumo_hf.domain import CONFIG_FILE, WEIGHTS_FILE
+from pneumo_hf.ensemble import member_spec
+from pneumo_hf.hub import write_model_card
+from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
+from pneumo_hf.training import evaluate, score_split, split_loader, split_seed, validation_split_of
+from pneumo_hf.tta import VIEWS
+
+logger = logging.getLogger("ensemble")
+SPLIT_KEYS = ("dataset_name", "train_dir", "validation_dir", "validation_fraction", "max_train_samples")
+
+
+def load_members(folders: list[Path]) -> tuple[list[PneumoniaClassifier], list[dict]]:
+    """The members and their training arguments; refuses transformers or ViT members and different validation splits."""
+    members, runs = [], []
+    for folder in folders:
+        member = PneumoniaClassifier.from_pretrained(folder).eval()
+        if member.family != "timm" or hasattr(member.backbone, "patch_embed"):
+            raise ModelError(f"{folder} is a {member.architecture}; an ensemble takes timm CNN members (its heatmap is Grad-CAM on each).")
+        if not (folder / "training_args.json").is_file():
+            raise ModelError(f"{folder} has no training_args.json: its validation split is unknown.")
+        members.append(member)
+        runs.append(json.loads((folder / "training_args.json").read_text()))
+    splits = {(tuple(run.get(key) for key in SPLIT_KEYS), split_seed(run)) for run in runs}
+    if len(splits) > 1:
+        raise ModelError("The members were validated on different splits (data, validation fraction or split seed differ); train them with one --split_seed.")
+    return members, runs
+
+
+def build(members: list[PneumoniaClassifier], views: list[str]) -> PneumoniaClassifier:
+    """The ensemble classifier with the members' weights, fed as the first member is."""
+    first = members[0]
+    first_conv = first.backbone.pretrained_cfg.get("first_conv")
+    overlay = {key: first.data_config[key] for key in ("input_size", "mean", "std", "interpolation")}
+    if first_conv:
+        overlay["first_conv"] = f"members.0.{first_conv}"
+    specs = [member_spec(member.backbone, member.data_config, member.temperature) for member in members]
+    backbone = timm.create_model("pneumo_ensemble", members=specs, pretrained_cfg_overlay=overlay)
+    for slot, member in zip(backbone.members, members, strict=True):
+        slot.load_state_dict(member.backbone.state_dict())
+    trained_from_scratch = all(member.trained_from_scratch for member in members)
+    return PneumoniaClassifier(backbone.eval(), "timm", dict(first.data_config), trained_from_scratch=trained_from_scratch, test_time_views=views)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("members", nargs="+", help="Model folders (or Hub ids) written by train/train.py.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--test_time_views", nargs="*", choices=sorted(VIEWS), help="Default: the first member's.")
+    parser.add_argument("--min_sensitivity", type=float, help="Threshold rule on validation; default: the first member's.")
+    parser.add_argument("--test_dev_dir", help="Films never trained on (official test split, half A): their figures lead the card.")
+    args = parser.parse_args(argv)
+    try:
+        folders = [resolve_model_folder(member) for member in args.members]
+        members, runs = load_members(folders)
+        test_dev_set = load_evaluation_set(data_dir=args.test_dev_dir) if args.test_dev_dir else None
+    except (ModelError, DataError) as error:
+        logger.error("%s", error)
+        return 1
+    views = list(members[0].test_time_views) if args.test_time_views is None else args.test_time_views
+    min_sensitivity = args.min_sensitivity or runs[0].get("min_sensitivity", 0.95)
+    classifier = build(members, views)
+    validation = validation_split_of(folders[0])
+    logits, labels = evaluate(classifier, split_loader(classifier, validation), Accelerator(), views)
+    classifier.temperature = metrics.fit_temperature(logits, labels)
+    scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
+    classifier.threshold = metrics.choose_threshold(labels, scores, min_sensitivity)
+    found = metrics.classification_metrics(labels, scores, classifier.threshold)
+
+    output = Path(args.output_dir)
+    classifier.save_pretrained(output)
+    for name in ("training_args.json", WEIGHTS_FILE, CONFIG_FILE):  # the validation split and the domain check are the first member's
+        if (folders[0] / name).is_file():
+            shutil.copy(folders[0] / name, output / name)
+    results = {f"validation_{key}": value for key, value in found.items()}
+    test_dev = None
+    if test_dev_set is not None:
+        saved = PneumoniaClassifier.from_pretrained(output).eval()
+        test_scores, test_labels = score_split(saved, split_loader(saved, test_dev_set))
+        test_dev = metrics.classification_metrics(test_labels, test_scores, saved.threshold)
+        results = {**{f"test_dev_{key}": value for key, value in test_dev.items()}, **results}
+    member_results = [json.loads((folder / "all_results.json").read_text()) for folder in folders]
+    results.update(
+        temperature=classifier.temperature,
+        members=[str(folder) for folder in folders],
+        epochs_run=max(result["epochs_run"] for result in member_results),
+        train_images=member_results[0]["train_images"],
+        train_seconds=sum(result["train_seconds"] for result in member_results),
+        trained_from_scratch=classifier.trained_from_scratch,
+        weights_dtype="float32",
+    )
+    (output / "all_results.json").write_text(json.dumps(results, indent=2))
+    metrics.plot_roc(labels, scores, output / "roc_curve.png", "Validation ROC")
+    metrics.plot_confusion(labels, scores, classifier.threshold, output / "confusion_matrix.png", "Validation")
+    write_model_card(output, {
+        "test_dev": test_dev,
+        "test_dev_dir": args.test_dev_dir,
+        "validation": found,
+        "family": "timm",
+        "architecture": f"pneumo_ensemble({', '.join(member.architecture for member in members)})",
+        "trained_from_scratch": classifier.trained_from_scratch,
+        "threshold_rule": f"the most specific threshold that keeps validation sensitivity ≥ {min_sensitivity}",
+        "temperature": classifier.temperature,
+        "test_time_views": views,
+        "storage": {"dtype": "float32", "fp16_max_change": None},
+        "input_size": list(classifier.data_config["input_size"]),
+        "mean": list(classifier.data_config["mean"]),
+        "std": list(classifier.data_config["std"]),
+        "loss": "each member's own: " + ", ".join(f"{run['loss']} ({folder})" for run, folder in zip(runs, args.members, strict=True)),
+        "class_weights": "per member",
+        "epochs_run": " + ".join(str(result["epochs_run"]) for result in member_results),
+        "train_images": results["train_images"],
+        "train_seconds": results["train_seconds"],
+        "command": "python train/ensemble.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    })
+    print(f"wrote {output}: validation ROC-AUC {found['roc_auc']:.4f}, threshold {classifier.threshold:.4f}" + (f"; test_dev ROC-AUC {test_dev['roc_auc']:.4f}, accuracy {test_dev['accuracy']:.4f}" if test_dev else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
