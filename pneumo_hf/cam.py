@@ -71,8 +71,11 @@ def class_activation_head(classifier: PneumoniaClassifier) -> Optional[nn.Linear
     """The linear head of a timm CNN whose `forward_head` is global average pooling then that layer, else None.
     For such a head Grad-CAM at the last feature map is the class activation map (the head's row / (H·W)).
     Checked on the module itself, so a head with a norm or an MLP after the pooling falls back to Grad-CAM."""
-    backbone = classifier.backbone
-    if classifier.family != "timm" or not hasattr(backbone, "forward_head") or hasattr(backbone, "patch_embed"):
+    return _pooling_head(classifier.backbone) if classifier.family == "timm" else None
+
+
+def _pooling_head(backbone: nn.Module) -> Optional[nn.Linear]:
+    if not hasattr(backbone, "forward_head") or hasattr(backbone, "patch_embed"):
         return None
     head = backbone.get_classifier()
     if not isinstance(head, nn.Linear):
@@ -93,6 +96,8 @@ class HeatmapMaker:
         self.classifier = classifier
         self.head = class_activation_head(classifier)
         self.layers, self.reshape = target_layers(classifier)
+        backbone = classifier.backbone
+        self.member_heads = [_pooling_head(member) for member in backbone.members] if isinstance(backbone, Ensemble) else []
         self._grad_cam_lock = threading.Lock()  # grad-cam's hooks hold per-call state on the shared model
 
     def __call__(self, pixel_values: torch.Tensor, views: Sequence[str] = ()) -> tuple[np.ndarray, torch.Tensor]:
@@ -100,6 +105,8 @@ class HeatmapMaker:
         the images and their test-time `views`."""
         if self.head is not None:
             return self._class_activation_maps(pixel_values, views)
+        if any(head is not None for head in self.member_heads):
+            return self._ensemble_class_activation_maps(pixel_values, views)
         maps, logits = self.grad_cam(pixel_values)
         if views:
             with torch.inference_mode():
@@ -116,6 +123,23 @@ class HeatmapMaker:
             own = features[: len(pixel_values)].float()
             cams = torch.einsum("bkhw,k->bhw", own, self.head.weight[POSITIVE_ID].float()) / (own.shape[-2] * own.shape[-1])
         return _scaled(cams.clamp(min=0).cpu().numpy(), pixel_values), logits
+
+    def _ensemble_class_activation_maps(self, pixel_values: torch.Tensor, views: Sequence[str]) -> tuple[np.ndarray, torch.Tensor]:
+        """The ensemble's forward pass (as `Ensemble.forward`, with the views in the batch), and the mean of the class
+        activation maps of the members whose head allows one (a member with a dense head adds to the logits only)."""
+        ensemble, count = self.classifier.backbone, len(pixel_values)
+        logits, maps = [], []
+        with torch.inference_mode():
+            for member, spec, head, batch in zip(ensemble.members, ensemble.specs, self.member_heads, ensemble.member_inputs(with_views(pixel_values, views)), strict=True):
+                if head is None:
+                    logits.append(member(batch) / spec["temperature"])
+                    continue
+                features = member.forward_features(batch)
+                logits.append(member.forward_head(features) / spec["temperature"])
+                own = features[:count].float()
+                cams = torch.einsum("bkhw,k->bhw", own, head.weight[POSITIVE_ID].float()) / (own.shape[-2] * own.shape[-1])
+                maps.append(_scaled(cams.clamp(min=0).cpu().numpy(), pixel_values))
+        return np.mean(maps, axis=0).astype(np.float32), mean_over_views(torch.stack(logits).mean(dim=0), count)
 
     def grad_cam(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """pytorch-grad-cam at `target_layers`: heatmaps and the logits of its forward pass."""

@@ -12,21 +12,29 @@ import timm
 import torch
 
 from pneumo_hf import load_predictor
+from pneumo_hf.cam import HeatmapMaker
 from pneumo_hf.ensemble import member_spec
-from pneumo_hf.models import build_classifier
+from pneumo_hf.models import PneumoniaClassifier, build_classifier
 from pneumo_hf.training import TrainingArguments, train
 from pneumo_hf.transforms import build_transform
+from pneumo_hf.tta import logits_with_views
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_each_member_gets_the_film_as_its_own_preprocessing_makes_it():
+def random_ensemble() -> tuple[PneumoniaClassifier, PneumoniaClassifier, torch.nn.Module]:
+    """A ResNet18 at 64 px (ImageNet normalisation) and a keras_cnn at 48 px ([0, 1], temperature 2) as one ensemble."""
     first, second = build_classifier("resnet18", image_size=64).eval(), build_classifier("keras_cnn", image_size=48).eval()
     second.temperature = 2.0
     specs = [member_spec(member.backbone, member.data_config, member.temperature) for member in (first, second)]
     ensemble = timm.create_model("pneumo_ensemble", members=specs).eval()
     for slot, member in zip(ensemble.members, (first, second), strict=True):
         slot.load_state_dict(member.backbone.state_dict())
+    return first, second, ensemble
+
+
+def test_each_member_gets_the_film_as_its_own_preprocessing_makes_it():
+    first, second, ensemble = random_ensemble()
     film = torch.rand(1, 3, 64, 64)  # pixels in [0, 1]
     as_first = build_transform(first.data_config).transforms[-1](film)  # the first member's normalisation
     inputs = ensemble.member_inputs(as_first)
@@ -35,6 +43,17 @@ def test_each_member_gets_the_film_as_its_own_preprocessing_makes_it():
     with torch.no_grad():
         expected = (first(as_first) / 1.0 + second(inputs[1]) / 2.0) / 2
         assert torch.allclose(ensemble(as_first), expected, atol=1e-5)
+
+
+def test_ensemble_heatmap_is_the_pooling_members_map_from_the_same_forward_pass():
+    first, _, ensemble = random_ensemble()
+    classifier = PneumoniaClassifier(ensemble, "timm", dict(first.data_config), test_time_views=("hflip",))
+    pixel_values = torch.randn(2, 3, 64, 64)
+    maps, logits = HeatmapMaker(classifier)(pixel_values, classifier.test_time_views)
+    first_maps, _ = HeatmapMaker(first)(pixel_values)  # the ResNet's own one-pass map; keras_cnn's dense head has none
+    assert np.allclose(maps, first_maps, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(logits, logits_with_views(classifier, pixel_values, ("hflip",)), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
