@@ -72,6 +72,7 @@ def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[s
         confusion_matrix=metrics["confusion_matrix"],
         failure_modes=_failure_modes(metrics["confusion_matrix"], tested=bool(summary.get("test_dev"))),
         test_dev=summary.get("test_dev"),
+        domain_check=summary.get("domain_check"),
         test_dev_dir=summary.get("test_dev_dir"),
         test_dev_confusion=" ".join(str(count) for row in summary["test_dev"]["confusion_matrix"] for count in row) if summary.get("test_dev") else "",
         model_path=model_id or "path/to/this/folder",

@@ -381,9 +381,10 @@ def _resume(accelerator: Accelerator, checkpoint: str, output_dir: Path) -> _Sta
     return state
 
 
-def _fit_domain_check(run: _Run, output_dir: Path, max_train_films: int = 2000) -> None:
+def _fit_domain_check(run: _Run, output_dir: Path, max_train_films: int = 2000) -> dict[str, Any]:
     """The domain check (pneumo_hf.domain) fitted on up to `max_train_films` training films, its cut calibrated so
-    that at most 5 % of the validation split is flagged; train/fit_domain_check.py recalibrates it on other films."""
+    that at most 5 % of the validation split is flagged (train/fit_domain_check.py recalibrates it on other films);
+    returns what it was fitted and calibrated on, for the model card."""
     picked = np.random.default_rng(run.args.seed).permutation(len(run.train_set))[:max_train_films]
 
     def batches(dataset: datasets.Dataset) -> list[torch.Tensor]:
@@ -392,6 +393,7 @@ def _fit_domain_check(run: _Run, output_dir: Path, max_train_films: int = 2000) 
     check = fit_domain_check(run.classifier, batches(run.train_set.select(sorted(picked))), batches(run.validation_set), calibration_name="the run's validation split")
     check.save(output_dir)
     logger.info("Domain check fitted on %d training films; %.1f %% of validation flagged.", check.info["train_films"], 100 * check.info["calibration_flagged"])
+    return check.info
 
 
 def _test_dev_figures(classifier: PneumoniaClassifier, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -440,7 +442,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
     test_dev_found = _test_dev_figures(classifier, *test_dev[storage["dtype"]]) if test_dev else None
     classifier.save_pretrained(output_dir, half=storage["dtype"] == "float16")
-    _fit_domain_check(run, output_dir)
+    domain_check = _fit_domain_check(run, output_dir)
     metrics.plot_roc(labels, scores, output_dir / "roc_curve.png", "Validation ROC")
     metrics.plot_confusion(labels, scores, classifier.threshold, output_dir / "confusion_matrix.png", "Validation")
     metrics.plot_history(state.history, output_dir / "training_curves.png")
@@ -462,6 +464,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     summary = {
         "test_dev": test_dev_found,
         "test_dev_dir": args.test_dev_dir,
+        "domain_check": domain_check,
         "validation": found,
         "family": classifier.family,
         "architecture": classifier.architecture,

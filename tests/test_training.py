@@ -62,6 +62,8 @@ def test_test_dev_figures_lead_the_card_and_match_evaluate(trained_folder, image
     assert f"| {measured['accuracy']:.3f} | {measured['roc_auc']:.3f} |" in card.text
     assert [entry.dataset_split for entry in card.data.eval_results][::4] == ["test", "validation"]
     assert "the official test split" not in card.text.split("## Known failure modes")[1]
+    domain = json.loads((trained_folder / "domain_check.json").read_text())
+    assert f"flags {100 * domain['calibration_flagged']:.1f} % of\n{domain['calibration_films']} in-domain films" in card.text
 
 
 def test_a_missing_test_dev_folder_stops_before_training(tmp_path, image_folder):

@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     write_model_card(output, {
         "test_dev": test_dev,
         "test_dev_dir": args.test_dev_dir,
+        "domain_check": json.loads((output / CONFIG_FILE).read_text()) if (output / CONFIG_FILE).is_file() else None,
         "validation": found,
         "family": "timm",
         "architecture": f"pneumo_ensemble({', '.join(member.architecture for member in members)})",
