@@ -47,18 +47,20 @@ def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[s
     """README.md from `model_card_template.md` through huggingface_hub's ModelCard: Hub metadata (`model-index` holds
     the validation metrics) and the honest story of the model."""
     metrics = summary["validation"]
+    model_name = model_id or Path(folder).name
     card_data = ModelCardData(
         license="cc-by-4.0",
         library_name="timm" if summary["family"] == "timm" else "transformers",
         pipeline_tag="image-classification",
         datasets=[DATASET_ID],
         tags=["medical-imaging", "chest-x-ray", "pneumonia", "pneumo-hf"],
-        model_name=model_id or Path(folder).name,
+        model_name=model_name,
         eval_results=_eval_results(metrics, summary.get("test_dev")),
     )
     card = ModelCard.from_template(
         card_data,
         template_path=str(CARD_TEMPLATE),
+        model_name=model_name,
         architecture=summary["architecture"],
         family=summary["family"],
         start="from random initialisation (no pretrained weights)" if summary["trained_from_scratch"] else "from ImageNet-pretrained weights",
@@ -73,10 +75,11 @@ def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[s
         failure_modes=_failure_modes(metrics["confusion_matrix"], tested=bool(summary.get("test_dev"))),
         test_dev=summary.get("test_dev"),
         domain_check=summary.get("domain_check"),
+        training_curves=Path(folder, "training_curves.png").is_file(),
         test_dev_dir=summary.get("test_dev_dir"),
         test_dev_confusion=" ".join(str(count) for row in summary["test_dev"]["confusion_matrix"] for count in row) if summary.get("test_dev") else "",
         model_path=model_id or "path/to/this/folder",
-        plain_loading=_plain_loading(summary["family"]),
+        plain_loading=_plain_loading(summary["family"], summary["architecture"]),
         labels=list(LABELS),
         **{key: summary[key] for key in ("input_size", "mean", "std", "loss", "class_weights", "epochs_run", "train_images", "train_seconds", "command")},
     )
@@ -133,7 +136,14 @@ def _eval_results(validation: dict[str, Any], test_dev: Optional[dict[str, Any]]
     ]
 
 
-def _plain_loading(family: str) -> str:
+def _plain_loading(family: str, architecture: str) -> str:
+    registered = next((name for name in ("pneumo_ensemble", "keras_cnn") if architecture.startswith(name)), None)
+    if registered:
+        return (
+            f"Without pneumo_hf's predictor: `import pneumo_hf` (it registers `{registered}` with timm), then "
+            "`timm.create_model('local-dir:FOLDER', pretrained=True)` (or `hf-hub:ORG/NAME`); transformers' TimmWrapper does not know "
+            f"`{registered}`. Preprocessing is in `config.json` (`pretrained_cfg`)."
+        )
     if family == "timm":
         return (
             "Without pneumo_hf: `timm.create_model('local-dir:FOLDER', pretrained=True)` (or `hf-hub:ORG/NAME`), "
