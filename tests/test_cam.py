@@ -59,7 +59,14 @@ def _random_head(name: str) -> PneumoniaClassifier:
     return model
 
 
-@pytest.mark.parametrize("model", [lambda: _random_head("resnet18"), lambda: _random_head("resnet50"), lambda: _random_head("efficientnet_b0"), lambda: PneumoniaClassifier.from_pretrained(DEFAULT_MODEL_DIR).eval()], ids=["resnet18", "resnet50", "efficientnet_b0", "shipped_b0"])
+def _shipped_b0_member() -> PneumoniaClassifier:
+    """The trained EfficientNet-B0 inside the shipped ensemble, on its own."""
+    ensemble = PneumoniaClassifier.from_pretrained(DEFAULT_MODEL_DIR).backbone
+    spec = ensemble.specs[0]
+    return PneumoniaClassifier(ensemble.members[0], "timm", {key: spec[key] for key in ("input_size", "mean", "std")}).eval()
+
+
+@pytest.mark.parametrize("model", [lambda: _random_head("resnet18"), lambda: _random_head("resnet50"), lambda: _random_head("efficientnet_b0"), _shipped_b0_member], ids=["resnet18", "resnet50", "efficientnet_b0", "shipped_b0_member"])
 def test_one_pass_heatmap_equals_grad_cam_for_cnns(model):
     model = model()
     maker = HeatmapMaker(model)
