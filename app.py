@@ -167,7 +167,7 @@ def pick_more(event: gr.SelectData) -> str:
 
 
 def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
-    """The whole page; `examples_dir` defaults to PNEUMO_EXAMPLES_DIR, else the films shipped in pneumo_hf."""
+    """The whole page; `examples_dir` defaults to PNEUMO_EXAMPLES_DIR, else the films copied into pneumo_hf/example_films."""
     choices = model_choices()
     model_ready = choices != [DEFAULT] or (DEFAULT_MODEL_DIR / "config.json").is_file()
     examples, examples_note = find_examples(examples_dir or os.environ.get("PNEUMO_EXAMPLES_DIR"))

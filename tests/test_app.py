@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REAL_DATA, make_dicom, xray_like
+from conftest import REAL_DATA, make_dicom, needs_examples, xray_like
 from PIL import Image
 from test_imaging import png_claiming
 
@@ -84,6 +84,25 @@ def test_build_demo_without_any_model_still_builds(monkeypatch, tmp_path):
     demo = app.build_demo(examples_dir=str(tmp_path))
     assert demo.fns  # the page and its events exist
     assert "No examples" in app.find_examples(str(tmp_path))[1]
+
+
+def test_examples_command_copies_the_named_films_and_names_what_is_missing(tmp_path, monkeypatch, capsys):
+    from pneumo_hf import cli, examples
+
+    monkeypatch.setattr(examples, "EXAMPLE_FILMS", tmp_path / "package_films")
+    assert examples.COPY_COMMAND in examples.find_examples()[1]  # an empty package folder says how to fill it
+    data = tmp_path / "train"
+    for index, name in enumerate(examples.EXAMPLE_FILM_NAMES):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(xray_like(index, (64, 56), pneumonia=True)).save(data / name)
+    assert cli.main(["examples", "--data_dir", str(data)]) == 0
+    films, _ = examples.find_examples()
+    assert [film.relative_to(tmp_path / "package_films").as_posix() for film in films] == sorted(examples.EXAMPLE_FILM_NAMES)
+    assert all(film.read_bytes() == (data / film.parent.name / film.name).read_bytes() for film in films)
+    (data / examples.EXAMPLE_FILM_NAMES[0]).unlink()
+    assert cli.main(["examples", "--data_dir", str(data)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "not found" in error and "NORMAL/ and PNEUMONIA/" in error
 
 
 def confidences(result) -> dict:
@@ -176,6 +195,7 @@ def test_label_heading_is_the_decision_not_the_largest_confidence(default_server
     assert details["model"]["name"] == "pneumo_hf default model"
 
 
+@needs_examples
 def test_a_film_unlike_the_training_films_gets_the_domain_warning(default_server, tmp_path):
     from gradio_client import Client, handle_file
 
@@ -230,6 +250,7 @@ FILMS = {
 }
 
 
+@needs_examples
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_browser_fresh_clone_shows_example_thumbnails_and_the_decision_largest(default_server, tmp_path):
     """Screenshots go to PNEUMO_SCREENSHOT_DIR when it is set."""

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REAL_DATA
+from conftest import REAL_DATA, needs_examples
 
 from pneumo_hf import LABELS, load_predictor
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
@@ -37,6 +37,7 @@ def test_default_model_separates_validation_xrays():
     assert {p.label for p in predictor.predict_batch([rows[0]["image"]["path"]])} <= set(LABELS)
 
 
+@needs_examples
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs ../shared/data")
 def test_shipped_example_films_come_from_the_validation_split_never_train_or_test_dev():
     from pneumo_hf.examples import find_examples

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compressed_dicom, dicom_bytes, dicom_dataset, make_dicom, xray_like
+from conftest import compressed_dicom, dicom_bytes, dicom_dataset, make_dicom, needs_examples, xray_like
 from PIL import Image
 
+from pneumo_hf.examples import find_examples
 from pneumo_hf.imaging import MAX_FILE_BYTES, ImageError, load_image, xray_warnings
 
 GREY = xray_like(0, (64, 48))
@@ -159,7 +160,13 @@ def test_warnings_for_colour_photos_and_documents_not_xrays():
     assert "document" in xray_warnings(load_image(page))[0]
 
 
-FILM = np.asarray(Image.open(next((ROOT / "pneumo_hf" / "example_films" / "PNEUMONIA").iterdir())).convert("L"))
+
+
+@pytest.fixture(scope="module")
+def real_film() -> np.ndarray:
+    """A real chest film (the first example film), grey uint8."""
+    return np.asarray(Image.open(find_examples()[0][0]).convert("L"))
+
 LOSSLESS = ["RLELossless", "JPEGLosslessSV1", "JPEGLossless", "JPEGLSLossless", "JPEG2000Lossless"]
 
 
@@ -170,20 +177,24 @@ def default_predictor():
     return load_predictor()
 
 
+@needs_examples
 @pytest.mark.parametrize("syntax", LOSSLESS)
-def test_compressed_dicom_as_pacs_export_it_predicts_like_the_uncompressed_film(syntax, default_predictor):
+def test_compressed_dicom_as_pacs_export_it_predicts_like_the_uncompressed_film(syntax, default_predictor, real_film):
     from pydicom import uid
 
-    film = FILM.astype(np.uint16) * 16 + 7  # 12-bit, as a CR exports it
+    film = real_film.astype(np.uint16) * 16 + 7  # 12-bit, as a CR exports it
     data = compressed_dicom(film, getattr(uid, syntax))
     plain = make_dicom(film)
     assert np.array_equal(grey_of(load_image(data)), grey_of(load_image(plain)))
     assert default_predictor.predict(data).probabilities == default_predictor.predict(plain).probabilities
 
 
-@pytest.mark.parametrize("syntax, film", [("JPEGBaseline8Bit", FILM), ("JPEGExtended12Bit", FILM.astype(np.uint16) * 16)])
-def test_lossy_jpeg_dicom_predicts_close_to_the_uncompressed_film(syntax, film, default_predictor):
+@needs_examples
+@pytest.mark.parametrize("syntax, scale", [("JPEGBaseline8Bit", 1), ("JPEGExtended12Bit", 16)])
+def test_lossy_jpeg_dicom_predicts_close_to_the_uncompressed_film(syntax, scale, default_predictor, real_film):
     from pydicom import uid
+
+    film = real_film if scale == 1 else real_film.astype(np.uint16) * scale
 
     data = compressed_dicom(film, getattr(uid, syntax))
     assert np.abs(grey_of(load_image(data)) - grey_of(load_image(make_dicom(film)))).mean() < 2
