@@ -48,7 +48,7 @@ def copy_example_films(data_dir: str) -> list[Path]:
 
 def find_examples(folder: Optional[str] = None, per_class: int = 4) -> tuple[list[Path], str]:
     """Up to `per_class` images of each label from `folder` (NORMAL/ and PNEUMONIA/), by default the
-    films shipped in the package, and a line saying where they came from (or why there are none)."""
+    films copied into the package folder, and a line saying where they came from (or why there are none)."""
     root = Path(folder) if folder else EXAMPLE_FILMS
     paths = [p for label in LABELS for p in sorted(_images(root / label))[:per_class]]
     if not paths and root == EXAMPLE_FILMS:

@@ -3,7 +3,6 @@
 import io
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from pneumo_hf.examples import find_examples
 from pneumo_hf.imaging import MAX_FILE_BYTES, ImageError, load_image, xray_warnings
 
 GREY = xray_like(0, (64, 48))
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -160,12 +158,11 @@ def test_warnings_for_colour_photos_and_documents_not_xrays():
     assert "document" in xray_warnings(load_image(page))[0]
 
 
-
-
 @pytest.fixture(scope="module")
 def real_film() -> np.ndarray:
     """A real chest film (the first example film), grey uint8."""
     return np.asarray(Image.open(find_examples()[0][0]).convert("L"))
+
 
 LOSSLESS = ["RLELossless", "JPEGLosslessSV1", "JPEGLossless", "JPEGLSLossless", "JPEG2000Lossless"]
 
