@@ -1,11 +1,12 @@
 """Domain check: does a film look like the films the model was trained on (children's frontal chest X-rays)?
 
     python train/fit_domain_check.py --model pneumo_hf/default_model \
-        --train_dir ../shared/data/chest_xray_224/train --calibration_dir ../shared/data/chest_xray_224/test_dev
+        --calibration_dir ../shared/data/chest_xray_224/test_dev --report_dir ../shared/data/adult_check
 
 The score is the Mahalanobis distance of low-level statistics of the film — the output of the model's first
-convolution: each channel's mean and standard deviation, and its mean and mean magnitude on a 3×3 grid — to those
-of the training films, under a Ledoit-Wolf covariance (scikit-learn) fitted on training films only. A film is
+convolution: each channel's mean and standard deviation, and its mean and mean magnitude on a grid (the finest up to
+4×4 within 2,048 numbers: 4×4 for a 32-channel stem) — to those of the training films, under a covariance fitted on
+training films only and shrunk towards a multiple of the identity (scikit-learn's ShrunkCovariance, 0.05). A film is
 flagged when its distance is over a cut calibrated so that at most `max_flagged` of a calibration set of real
 in-domain films are. What tells a child's chest from an adult's, a lateral view, a photo or a document lives in
 these low-level statistics, which the classifier's pooled embedding has learnt to ignore (measured: README).
@@ -31,10 +32,13 @@ from .models import PneumoniaClassifier
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DOMAIN_WARNING", "DomainCheck", "first_convolution", "film_statistics", "fit_domain_check"]
+__all__ = ["DOMAIN_WARNING", "DomainCheck", "default_grid", "first_convolution", "film_statistics", "fit_domain_check"]
 
 WEIGHTS_FILE, CONFIG_FILE = "domain_check.safetensors", "domain_check.json"
-FEATURES = "first-conv channel mean, std, 3x3 grid mean and mean magnitude (v1)"
+FEATURES = "first-conv channel mean, std, grid mean and mean magnitude (v2)"
+# Chosen on adult_check (README, "The domain check"): 4×4 and 5×5 flag more adult films than 3×3, 6×6 or 8×8,
+# and shrinkage 0.03 to 0.1 more than Ledoit-Wolf's own (0.001 to 0.004 here), which trusts directions training films barely vary in.
+MAX_GRID, MAX_FEATURES, SHRINKAGE = 4, 2048, 0.05
 DOMAIN_WARNING = (
     "This film does not look like the children's frontal chest X-rays the model was trained on "
     "(an adult, another view or body part, an edited image, or not an X-ray?): do not trust this result."
@@ -51,26 +55,32 @@ def first_convolution(classifier: PneumoniaClassifier) -> Optional[nn.Conv2d]:
     return next((module for module in backbone.modules() if isinstance(module, nn.Conv2d)), None)
 
 
-def film_statistics(conv: nn.Conv2d, pixel_values: torch.Tensor) -> torch.Tensor:
-    """(batch, 20 · channels) statistics of the first convolution's output on a normalised batch."""
+def default_grid(conv: nn.Conv2d) -> int:
+    """The finest grid up to MAX_GRID whose statistics, (2 + 2 · grid²) per channel, stay within MAX_FEATURES numbers."""
+    return max([1] + [grid for grid in range(1, MAX_GRID + 1) if (2 + 2 * grid**2) * conv.out_channels <= MAX_FEATURES])
+
+
+def film_statistics(conv: nn.Conv2d, pixel_values: torch.Tensor, grid: int) -> torch.Tensor:
+    """(batch, (2 + 2 · grid²) · channels) statistics of the first convolution's output on a normalised batch."""
     with torch.inference_mode():
         maps = conv(pixel_values.to(conv.weight.device, conv.weight.dtype)).float()
-        grid = F.adaptive_avg_pool2d(maps, 3).flatten(1)
-        magnitude = F.adaptive_avg_pool2d(maps.abs(), 3).flatten(1)
-        return torch.cat([maps.mean(dim=(2, 3)), maps.std(dim=(2, 3)), grid, magnitude], dim=1).cpu()
+        cells = F.adaptive_avg_pool2d(maps, grid).flatten(1)
+        magnitude = F.adaptive_avg_pool2d(maps.abs(), grid).flatten(1)
+        return torch.cat([maps.mean(dim=(2, 3)), maps.std(dim=(2, 3)), cells, magnitude], dim=1).cpu()
 
 
 class DomainCheck:
     """Distances of films to the training films, and the cut over which a film is flagged."""
 
-    def __init__(self, conv: nn.Conv2d, statistics: dict[str, torch.Tensor], cut: float, info: dict[str, Any]):
+    def __init__(self, conv: nn.Conv2d, statistics: dict[str, torch.Tensor], cut: float, info: dict[str, Any], grid: int):
         self.conv = conv
-        self.statistics = statistics  # mean, scale (z-score), location, precision (Ledoit-Wolf)
+        self.grid = grid
+        self.statistics = statistics  # mean, scale (z-score), location, precision (shrunk covariance)
         self.cut = cut
         self.info = info
 
     def distances(self, pixel_values: torch.Tensor) -> np.ndarray:
-        z = (film_statistics(self.conv, pixel_values) - self.statistics["mean"]) / self.statistics["scale"]
+        z = (film_statistics(self.conv, pixel_values, self.grid) - self.statistics["mean"]) / self.statistics["scale"]
         centred = (z - self.statistics["location"]).double()
         return torch.einsum("bi,ij,bj->b", centred, self.statistics["precision"].double(), centred).clamp(min=0).sqrt().numpy()
 
@@ -79,7 +89,7 @@ class DomainCheck:
 
     def save(self, folder: Path) -> None:
         save_file({name: tensor.contiguous() for name, tensor in self.statistics.items()}, str(Path(folder, WEIGHTS_FILE)))
-        Path(folder, CONFIG_FILE).write_text(json.dumps({"features": FEATURES, "cut": self.cut, **self.info}, indent=2))
+        Path(folder, CONFIG_FILE).write_text(json.dumps({"features": FEATURES, "grid": self.grid, "cut": self.cut, **self.info}, indent=2))
 
     @classmethod
     def load(cls, folder: Path, classifier: PneumoniaClassifier) -> Optional[DomainCheck]:
@@ -91,31 +101,39 @@ class DomainCheck:
             return None
         settings = json.loads(config.read_text())
         if settings.get("features") != FEATURES:
-            logger.warning("%s has a domain check of another kind (%s); it is not used.", folder, settings.get("features"))
+            logger.warning("%s has a domain check of another kind (%s); it is not used (refit it with train/fit_domain_check.py).", folder, settings.get("features"))
             return None
-        return cls(conv, load_file(str(weights)), float(settings.pop("cut")), settings)
+        return cls(conv, load_file(str(weights)), float(settings.pop("cut")), settings, grid=int(settings.pop("grid")))
 
 
 def fit_domain_check(
-    classifier: PneumoniaClassifier, train_batches: Sequence[torch.Tensor], calibration_batches: Sequence[torch.Tensor], max_flagged: float = 0.05, calibration_name: str = ""
+    classifier: PneumoniaClassifier,
+    train_batches: Sequence[torch.Tensor],
+    calibration_batches: Sequence[torch.Tensor],
+    max_flagged: float = 0.05,
+    calibration_name: str = "",
+    grid: Optional[int] = None,
+    shrinkage: float = SHRINKAGE,
 ) -> DomainCheck:
     """Fit on batches of normalised training films; cut so that at most `max_flagged` of the calibration films
-    (real in-domain films the model was not trained on) are flagged."""
-    from sklearn.covariance import LedoitWolf
+    (real in-domain films the model was not trained on) are flagged. `grid`: cells a side (default: `default_grid`);
+    `shrinkage`: the covariance's, in [0, 1]."""
+    from sklearn.covariance import ShrunkCovariance
 
     conv = first_convolution(classifier)
     if conv is None:
         raise ValueError(f"{classifier.architecture} has no first convolution to take film statistics from.")
-    train = torch.cat([film_statistics(conv, batch) for batch in train_batches]).double()
+    grid = grid or default_grid(conv)
+    train = torch.cat([film_statistics(conv, batch, grid) for batch in train_batches]).double()
     mean, scale = train.mean(dim=0), train.std(dim=0) + 1e-6
-    covariance = LedoitWolf().fit(((train - mean) / scale).numpy())
+    covariance = ShrunkCovariance(shrinkage=shrinkage).fit(((train - mean) / scale).numpy())
     statistics = {
         "mean": mean.float(),
         "scale": scale.float(),
         "location": torch.from_numpy(covariance.location_).float(),
         "precision": torch.from_numpy(covariance.precision_).float(),
     }
-    check = DomainCheck(conv, statistics, cut=float("inf"), info={})
+    check = DomainCheck(conv, statistics, cut=float("inf"), info={}, grid=grid)
     calibration = np.concatenate([check.distances(batch) for batch in calibration_batches])
     allowed = int(np.floor(max_flagged * len(calibration)))  # films that may lie over the cut
     check.cut = float(np.sort(calibration)[len(calibration) - allowed - 1])
@@ -125,6 +143,6 @@ def fit_domain_check(
         "calibration_films": len(calibration),
         "max_flagged": max_flagged,
         "calibration_flagged": float(np.mean(calibration > check.cut)),
-        "shrinkage": float(covariance.shrinkage_),
+        "shrinkage": shrinkage,
     }
     return check

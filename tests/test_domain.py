@@ -10,7 +10,7 @@ from conftest import needs_examples, xray_like
 from PIL import Image, ImageDraw, ImageOps
 
 from pneumo_hf import load_predictor
-from pneumo_hf.domain import DOMAIN_WARNING, DomainCheck, fit_domain_check
+from pneumo_hf.domain import DOMAIN_WARNING, MAX_FEATURES, DomainCheck, default_grid, film_statistics, fit_domain_check
 from pneumo_hf.examples import find_examples
 from pneumo_hf.inference import Predictor
 from pneumo_hf.models import PneumoniaClassifier, build_classifier
@@ -68,7 +68,7 @@ def test_statistics_round_trip_through_the_model_folder(tmp_path):
     loaded = load_predictor(tmp_path)
     probe = batches_of(range(300, 310), True, transform)[0]
     assert np.allclose(loaded.domain.distances(probe), check.distances(probe), rtol=1e-5)
-    assert loaded.domain.cut == check.cut and loaded.domain.info["calibration"] == "generated"
+    assert loaded.domain.cut == check.cut and loaded.domain.grid == check.grid == 3 and loaded.domain.info["calibration"] == "generated"
     noise = torch.randn(2, 3, 32, 32) * 3
     assert loaded.domain.flags(noise) == [True, True]
 
@@ -80,3 +80,12 @@ def test_a_folder_without_a_check_loads_predicts_and_says_so(tmp_path, caplog):
     assert predictor.domain is None and "has no domain check" in caplog.text
     assert DomainCheck.load(tmp_path, PneumoniaClassifier.from_pretrained(tmp_path)) is None
     assert DOMAIN_WARNING not in predictor.predict(not_xrays()["noise"]).warnings  # nothing to check with
+
+
+@pytest.mark.parametrize(("channels", "grid"), [(32, 4), (64, 3), (192, 2), (1024, 1)])
+def test_wide_first_layers_get_a_coarser_grid(channels, grid):
+    """A ViT's patch embedding (192 channels) gets 2×2, so the stored precision matrix stays within 2,048² numbers."""
+    conv = torch.nn.Conv2d(3, channels, 3)
+    assert default_grid(conv) == grid
+    size = film_statistics(conv, torch.zeros(1, 3, 32, 32), grid).shape[1]
+    assert size == (2 + 2 * grid**2) * channels and (size <= MAX_FEATURES or grid == 1)

@@ -5,8 +5,8 @@
 
 The training films are the run's own train split, rebuilt from the folder's training_args.json (never its
 validation split); the cut lets at most --max_flagged of the --calibration_dir films (default: the run's
-validation split) be flagged. Prints the share flagged on the calibration films, on each --report_dir and on
-generated non-X-rays (noise, colour photos, documents, screenshots, inverted and heavily cropped films).
+validation split) be flagged. Prints the share flagged on the calibration films, on each --report_dir, on the
+run's validation split and on generated non-X-rays (noise, colour photos, documents, screenshots, inverted and heavily cropped films).
 """
 
 import argparse
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from pneumo_hf.domain import fit_domain_check
+from pneumo_hf.domain import SHRINKAGE, fit_domain_check
 from pneumo_hf.imaging import IMAGE_SUFFIXES, ImageError, load_image
 from pneumo_hf.models import PneumoniaClassifier, resolve_model_folder
 from pneumo_hf.training import run_splits
@@ -77,7 +77,9 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration_dir", help="Real in-domain films the model never trained on (default: the run's validation split).")
     parser.add_argument("--report_dir", nargs="*", default=[], help="Folders whose flagged share is printed (e.g. adult films).")
     parser.add_argument("--max_flagged", type=float, default=0.05)
-    parser.add_argument("--max_train_films", type=int, default=2000)
+    parser.add_argument("--max_train_films", type=int, help="Fit on this many training films, drawn with --seed (default: all of them).")
+    parser.add_argument("--grid", type=int, help="Cells a side of the grid statistics (default: the finest up to 4 within 2,048 numbers).")
+    parser.add_argument("--shrinkage", type=float, default=SHRINKAGE, help="Of the covariance towards a multiple of the identity, in [0, 1].")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     folder = resolve_model_folder(args.model)
@@ -86,21 +88,23 @@ def main(argv=None) -> int:
     train_split, validation_split = run_splits(json.loads((folder / "training_args.json").read_text()))
     picked = np.random.default_rng(args.seed).permutation(len(train_split))[: args.max_train_films]
     train_films = [row["image"]["bytes"] or row["image"]["path"] for row in train_split.select(sorted(picked))]
+    validation_films = [row["image"]["bytes"] or row["image"]["path"] for row in validation_split]
     if args.calibration_dir:
         calibration, name = folder_films(args.calibration_dir), args.calibration_dir
     else:
-        calibration, name = [row["image"]["bytes"] or row["image"]["path"] for row in validation_split], "the run's validation split"
-    check = fit_domain_check(classifier, list(batches(train_films, transform)), list(batches(calibration, transform)), args.max_flagged, name)
+        calibration, name = validation_films, "the run's validation split"
+    check = fit_domain_check(classifier, list(batches(train_films, transform)), list(batches(calibration, transform)), args.max_flagged, name, args.grid, args.shrinkage)
     check.save(folder)
-    print(f"fitted on {check.info['train_films']} training films; cut {check.cut:.2f}; written to {folder}")
+    print(f"fitted on {check.info['train_films']} training films, {check.grid}x{check.grid} grid; cut {check.cut:.2f}; written to {folder}")
     print(f"{'films':<40}{'n':>5}{'flagged':>9}")
     print(f"{'calibration: ' + name:<40}{check.info['calibration_films']:>5}{check.info['calibration_flagged']:>9.3f}")
-    for report in args.report_dir:
-        flags = [flag for batch in batches(folder_films(report), transform) for flag in check.flags(batch)]
+    reports = {report: folder_films(report) for report in args.report_dir}
+    if args.calibration_dir:
+        reports["the run's validation split"] = validation_films
+    reports.update({"generated: " + kind: images for kind, images in non_xrays(train_films).items()})
+    for report, sources in reports.items():
+        flags = [flag for batch in batches(sources, transform) for flag in check.flags(batch)]
         print(f"{report:<40}{len(flags):>5}{np.mean(flags):>9.3f}")
-    for kind, images in non_xrays(train_films).items():
-        flags = [flag for batch in batches(images, transform) for flag in check.flags(batch)]
-        print(f"{'generated: ' + kind:<40}{len(flags):>5}{np.mean(flags):>9.3f}")
     return 0
 
 
