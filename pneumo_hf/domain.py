@@ -36,8 +36,8 @@ __all__ = ["DOMAIN_WARNING", "DomainCheck", "default_grid", "first_convolution",
 
 WEIGHTS_FILE, CONFIG_FILE = "domain_check.safetensors", "domain_check.json"
 FEATURES = "first-conv channel mean, std, grid mean and mean magnitude (v2)"
-# Chosen on adult_check (README, "The domain check"): 4×4 and 5×5 flag more adult films than 3×3, 6×6 or 8×8,
-# and shrinkage 0.03 to 0.1 more than Ledoit-Wolf's own (0.001 to 0.004 here), which trusts directions training films barely vary in.
+# Chosen on adult_check (README, "The domain check"): 4×4 and 5×5 flag more adult films than 3×3, and shrinkage
+# 0.05 to 0.1 more than Ledoit-Wolf's own (0.001 to 0.003 here), which trusts directions training films barely vary in.
 MAX_GRID, MAX_FEATURES, SHRINKAGE = 4, 2048, 0.05
 DOMAIN_WARNING = (
     "This film does not look like the children's frontal chest X-rays the model was trained on "

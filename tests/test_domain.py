@@ -1,7 +1,12 @@
 """The domain check: flags what is not a child's chest film, passes ordinary films, round-trips through the model
 folder; a folder without it still loads and predicts."""
 
+import json
 import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +19,8 @@ from pneumo_hf.domain import DOMAIN_WARNING, MAX_FEATURES, DomainCheck, default_
 from pneumo_hf.examples import find_examples
 from pneumo_hf.inference import Predictor
 from pneumo_hf.models import PneumoniaClassifier, build_classifier
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def not_xrays() -> dict[str, Image.Image]:
@@ -89,3 +96,19 @@ def test_wide_first_layers_get_a_coarser_grid(channels, grid):
     assert default_grid(conv) == grid
     size = film_statistics(conv, torch.zeros(1, 3, 32, 32), grid).shape[1]
     assert size == (2 + 2 * grid**2) * channels and (size <= MAX_FEATURES or grid == 1)
+
+
+def test_the_fitting_script_refits_a_model_folder_and_reports_each_set(trained_folder, image_folder, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(trained_folder, folder)
+    script = [sys.executable, str(ROOT / "train" / "fit_domain_check.py"), "--model", str(folder)]
+    flags = ["--calibration_dir", str(image_folder), "--report_dir", str(image_folder), "--grid", "2", "--shrinkage", "0.1", "--max_train_films", "10"]
+    result = subprocess.run(script + flags, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    stored = json.loads((folder / "domain_check.json").read_text())
+    assert (stored["grid"], stored["shrinkage"], stored["train_films"]) == (2, 0.1, 10)
+    shares = {name: float(share) for name, _, share in (line.rsplit(maxsplit=2) for line in result.stdout.splitlines()[2:])}
+    assert shares["the run's validation split"] >= 0 and shares[str(image_folder)] <= 0.05  # the calibration films themselves
+    assert shares["generated: noise"] == shares["generated: document"] == 1.0
+    bad = subprocess.run(script + ["--shrinkage", "2"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "a shrinkage between 0 and 1" in bad.stderr

@@ -64,7 +64,7 @@ def non_xrays(films: Sequence[str], seed: int = 0) -> dict[str, list[Image.Image
             x, y = int(rng.integers(0, 260)), int(rng.integers(0, 160))
             draw.rectangle((x, y, x + 60, y + 30), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
         kinds["screenshot"].append(screen)
-        film = load_image(films[i * 7])
+        film = load_image(films[(i * 7) % len(films)])
         kinds["inverted film"].append(ImageOps.invert(film))
         kinds["cropped film"].append(film.crop((film.width // 3, film.height // 3, 2 * film.width // 3, 2 * film.height // 3)))
     return kinds
@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shrinkage", type=float, default=SHRINKAGE, help="Of the covariance towards a multiple of the identity, in [0, 1].")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if (args.grid is not None and args.grid < 1) or not 0.0 <= args.shrinkage <= 1.0:
+        parser.error(f"--grid {args.grid} --shrinkage {args.shrinkage}: give a grid of at least 1 and a shrinkage between 0 and 1.")
     folder = resolve_model_folder(args.model)
     classifier = PneumoniaClassifier.from_pretrained(folder).eval()
     transform = build_transform(classifier.data_config)
