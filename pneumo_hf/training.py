@@ -384,7 +384,7 @@ def _resume(accelerator: Accelerator, checkpoint: str, output_dir: Path) -> _Sta
 def _fit_domain_check(run: _Run, output_dir: Path) -> dict[str, Any]:
     """The domain check (pneumo_hf.domain) fitted on the training films, its cut calibrated so that at most 5 % of
     the validation split is flagged (train/fit_domain_check.py recalibrates it on other films); returns what it was
-    fitted and calibrated on, for the model card."""
+    fitted and calibrated on, with its grid, for the model card."""
 
     def batches(dataset: datasets.Dataset) -> list[torch.Tensor]:
         return [batch["pixel_values"] for batch in split_loader(run.classifier, dataset) if len(batch["pixel_values"])]
@@ -392,7 +392,7 @@ def _fit_domain_check(run: _Run, output_dir: Path) -> dict[str, Any]:
     check = fit_domain_check(run.classifier, batches(run.train_set), batches(run.validation_set), calibration_name="the run's validation split")
     check.save(output_dir)
     logger.info("Domain check fitted on %d training films; %.1f %% of validation flagged.", check.info["train_films"], 100 * check.info["calibration_flagged"])
-    return check.info
+    return {"grid": check.grid, **check.info}
 
 
 def _test_dev_figures(classifier: PneumoniaClassifier, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

@@ -107,8 +107,10 @@ def test_the_fitting_script_refits_a_model_folder_and_reports_each_set(trained_f
     assert result.returncode == 0, result.stderr[-2000:]
     stored = json.loads((folder / "domain_check.json").read_text())
     assert (stored["grid"], stored["shrinkage"], stored["train_films"]) == (2, 0.1, 10)
-    shares = {name: float(share) for name, _, share in (line.rsplit(maxsplit=2) for line in result.stdout.splitlines()[2:])}
+    shares = {name: float(share) for name, _, share in (line.rsplit(maxsplit=2) for line in result.stdout.splitlines()[2:-1])}
     assert shares["the run's validation split"] >= 0 and shares[str(image_folder)] <= 0.05  # the calibration films themselves
     assert shares["generated: noise"] == shares["generated: document"] == 1.0
+    reported = {name: round(share["flagged"], 3) for name, share in stored["reported"].items()}  # kept for the model card
+    assert reported == {name: share for name, share in shares.items() if not name.startswith("calibration") and not np.isnan(share)}
     bad = subprocess.run(script + ["--shrinkage", "2"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "a shrinkage between 0 and 1" in bad.stderr

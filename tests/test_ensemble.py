@@ -4,12 +4,14 @@ its predictions equal to the mean of the members' calibrated logits."""
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
+from transformers import HfArgumentParser
 
 from pneumo_hf import load_predictor
 from pneumo_hf.cam import HeatmapMaker
@@ -90,7 +92,12 @@ def test_ensemble_folder_predicts_the_mean_of_calibrated_member_logits(tmp_path,
     assert ensemble.domain is not None  # the first member's check: the same first convolution on the same input
     results = json.loads((output / "all_results.json").read_text())
     assert results["members"] == [str(trained_folder), str(second_member)] and "test_dev_roc_auc" in results
-    assert "pneumo_ensemble(resnet18, keras_cnn)" in (output / "README.md").read_text()
+    card = (output / "README.md").read_text()
+    assert "pneumo_ensemble(resnet18, keras_cnn)" in card and "ROC-AUC 0.43" in card
+    for member in (trained_folder, second_member):  # the card retrains each member from its own arguments file
+        assert f"python train/train.py {member / 'training_args.json'}\n" in card
+        (parsed,) = HfArgumentParser(TrainingArguments).parse_json_file(member / "training_args.json")
+        assert asdict(parsed) == json.loads((member / "training_args.json").read_text())
 
 
 def test_members_validated_on_different_splits_are_refused(tmp_path, trained_folder, second_member):

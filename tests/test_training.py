@@ -61,9 +61,13 @@ def test_test_dev_figures_lead_the_card_and_match_evaluate(trained_folder, image
     assert card.text.index("## Figures on films it never saw") < card.text.index("## Validation figures")
     assert f"| {measured['accuracy']:.3f} | {measured['roc_auc']:.3f} |" in card.text
     assert [entry.dataset_split for entry in card.data.eval_results][::4] == ["test", "validation"]
-    assert "the official test split" not in card.text.split("## Known failure modes")[1]
+    failure_modes = card.text.split("## Known failure modes")[1]
+    (tn, fp), (fn, tp) = measured["confusion_matrix"]
+    assert f"half A: {fp} of {fp + tn} NORMAL children called PNEUMONIA, {fn} of {fn + tp} PNEUMONIA films missed" in failure_modes
+    assert "scanners, the official test split" not in failure_modes and "ROC-AUC 0.43" in failure_modes
     domain = json.loads((trained_folder / "domain_check.json").read_text())
     assert f"flags {100 * domain['calibration_flagged']:.1f} % of\n{domain['calibration_films']} in-domain films" in card.text
+    assert f"on a {domain['grid']}×{domain['grid']} grid, covariance shrinkage {domain['shrinkage']}" in card.text
 
 
 def test_a_missing_test_dev_folder_stops_before_training(tmp_path, image_folder):

@@ -137,7 +137,10 @@ def main(argv=None) -> int:
         "epochs_run": " + ".join(str(result["epochs_run"]) for result in member_results),
         "train_images": results["train_images"],
         "train_seconds": results["train_seconds"],
-        "command": "python train/ensemble.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "".join(  # each member again from its own arguments file, then the ensemble
+            f"# {name}: {member.architecture}, {result['epochs_run']} epochs\npython train/train.py {shlex.quote(str(folder / 'training_args.json'))}\n"
+            for name, folder, member, result in zip(args.members, folders, members, member_results, strict=True)
+        ) + "python train/ensemble.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     })
     print(f"wrote {output}: validation ROC-AUC {found['roc_auc']:.4f}, threshold {classifier.threshold:.4f}" + (f"; test_dev ROC-AUC {test_dev['roc_auc']:.4f}, accuracy {test_dev['accuracy']:.4f}" if test_dev else ""))
     return 0

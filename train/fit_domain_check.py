@@ -6,7 +6,9 @@
 The training films are the run's own train split, rebuilt from the folder's training_args.json (never its
 validation split); the cut lets at most --max_flagged of the --calibration_dir films (default: the run's
 validation split) be flagged. Prints the share flagged on the calibration films, on each --report_dir, on the
-run's validation split and on generated non-X-rays (noise, colour photos, documents, screenshots, inverted and heavily cropped films).
+run's validation split and on generated non-X-rays (noise, colour photos, documents, screenshots, inverted and heavily cropped films),
+and stores those shares in domain_check.json for the model card. Fit an ensemble's first member before train/ensemble.py:
+the ensemble takes that member's check, shares and all, into its card.
 """
 
 import argparse
@@ -96,17 +98,22 @@ def main(argv=None) -> int:
     else:
         calibration, name = validation_films, "the run's validation split"
     check = fit_domain_check(classifier, list(batches(train_films, transform)), list(batches(calibration, transform)), args.max_flagged, name, args.grid, args.shrinkage)
-    check.save(folder)
-    print(f"fitted on {check.info['train_films']} training films, {check.grid}x{check.grid} grid; cut {check.cut:.2f}; written to {folder}")
+    print(f"fitted on {check.info['train_films']} training films, {check.grid}x{check.grid} grid; cut {check.cut:.2f}")
     print(f"{'films':<40}{'n':>5}{'flagged':>9}")
     print(f"{'calibration: ' + name:<40}{check.info['calibration_films']:>5}{check.info['calibration_flagged']:>9.3f}")
     reports = {report: folder_films(report) for report in args.report_dir}
     if args.calibration_dir:
         reports["the run's validation split"] = validation_films
     reports.update({"generated: " + kind: images for kind, images in non_xrays(train_films).items()})
+    check.info["reported"] = {}  # stored with the check: the model card (train/ensemble.py) quotes these shares
     for report, sources in reports.items():
         flags = [flag for batch in batches(sources, transform) for flag in check.flags(batch)]
-        print(f"{report:<40}{len(flags):>5}{np.mean(flags):>9.3f}")
+        share = float(np.mean(flags)) if flags else float("nan")
+        if flags:
+            check.info["reported"][report] = {"films": len(flags), "flagged": share}
+        print(f"{report:<40}{len(flags):>5}{share:>9.3f}")
+    check.save(folder)
+    print(f"written to {folder}")
     return 0
 
 
