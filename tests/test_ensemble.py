@@ -2,6 +2,7 @@
 its predictions equal to the mean of the members' calibrated logits."""
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict
@@ -110,3 +111,14 @@ def test_members_validated_on_different_splits_are_refused(tmp_path, trained_fol
     (other / "training_args.json").write_text(json.dumps({**args, "split_seed": 3}))
     result = run_ensemble(str(trained_folder), str(other), "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 1 and "different splits" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_offline_push_keeps_the_named_ensemble_folder(tmp_path, trained_folder, second_member):
+    output = tmp_path / "ensemble"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train" / "ensemble.py"), str(trained_folder), str(second_member), "--output_dir", str(output), "--hub_model_id", "org/tiny-ensemble", "--push_to_hub"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 1 and "Cannot reach the Hub to push org/tiny-ensemble" in result.stderr and "Traceback" not in result.stderr
+    assert load_predictor(output).predict(np.zeros((64, 64), dtype=np.uint8)).label in ("NORMAL", "PNEUMONIA")
+    assert "# org/tiny-ensemble" in (output / "README.md").read_text()

@@ -1,13 +1,14 @@
 """Join trained model folders into one ensemble model folder (see pneumo_hf.ensemble), fitted like a training run.
 
-    python train/ensemble.py pneumo_hf/default_model runs/keras_cnn --output_dir runs/ensemble \
-        --test_dev_dir ../shared/data/chest_xray_224/test_dev
+    python train/ensemble.py runs/b0 runs/keras_cnn --output_dir runs/ensemble \
+        --test_dev_dir ../shared/data/chest_xray_224/test_dev [--hub_model_id ORG/NAME --push_to_hub]
 
 The members must be timm CNNs validated on one split (same data, same split seed). The ensemble's temperature
 and threshold are fitted on that validation split, with the first member's test-time views (or
 --test_time_views), as train/train.py fits them; its domain check is the first member's (the same first
 convolution on the same input). Writes config.json + model.safetensors, all_results.json (validation_*, and
-test_dev_* with --test_dev_dir, scored as `pneumo-hf evaluate` scores), the model card and its plots.
+test_dev_* with --test_dev_dir, scored as `pneumo-hf evaluate` scores), the model card and its plots. Fit the first
+member's domain check with train/fit_domain_check.py first: the card then quotes the shares it measured.
 """
 
 import argparse
@@ -25,7 +26,7 @@ from pneumo_hf import metrics
 from pneumo_hf.data import DataError, load_evaluation_set
 from pneumo_hf.domain import CONFIG_FILE, WEIGHTS_FILE
 from pneumo_hf.ensemble import member_spec
-from pneumo_hf.hub import write_model_card
+from pneumo_hf.hub import HubError, push_folder, write_model_card
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
 from pneumo_hf.training import evaluate, score_split, split_loader, split_seed, validation_split_of
 from pneumo_hf.tta import VIEWS
@@ -74,7 +75,11 @@ def main(argv=None) -> int:
     parser.add_argument("--test_time_views", nargs="*", choices=sorted(VIEWS), help="Default: the first member's.")
     parser.add_argument("--min_sensitivity", type=float, help="Threshold rule on validation; default: the first member's.")
     parser.add_argument("--test_dev_dir", help="Films never trained on (official test split, half A): their figures lead the card.")
+    parser.add_argument("--hub_model_id", help="ORG/NAME: the card's name, and where --push_to_hub uploads the folder.")
+    parser.add_argument("--push_to_hub", action="store_true", help="Upload the ensemble folder to --hub_model_id at the end.")
     args = parser.parse_args(argv)
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id ORG/NAME.")
     try:
         folders = [resolve_model_folder(member) for member in args.members]
         members, runs = load_members(folders)
@@ -141,8 +146,14 @@ def main(argv=None) -> int:
             f"# {name}: {member.architecture}, {result['epochs_run']} epochs\npython train/train.py {shlex.quote(str(folder / 'training_args.json'))}\n"
             for name, folder, member, result in zip(args.members, folders, members, member_results, strict=True)
         ) + "python train/ensemble.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-    })
+    }, args.hub_model_id)
     print(f"wrote {output}: validation ROC-AUC {found['roc_auc']:.4f}, threshold {classifier.threshold:.4f}" + (f"; test_dev ROC-AUC {test_dev['roc_auc']:.4f}, accuracy {test_dev['accuracy']:.4f}" if test_dev else ""))
+    if args.push_to_hub:
+        try:
+            push_folder(output, args.hub_model_id)  # token from HF_TOKEN or the login cache
+        except HubError as error:
+            logger.error("%s", error)
+            return 1
     return 0
 
 
