@@ -121,6 +121,8 @@ def _views_line(views: list) -> str:
 
 def _storage_line(storage: dict[str, Any]) -> str:
     change = storage["fp16_max_change"]
+    if storage["dtype"] == "mixed":
+        return f"Weights of {', '.join(storage['fp16_members'])} stored in fp16, the rest in fp32: on validation no PNEUMONIA probability differs from all-fp32 by more than {change:.5f}; the figures above are the stored weights'."
     if storage["dtype"] == "float16":
         return f"Weights stored in fp16: on validation no PNEUMONIA probability differs from fp32 by more than {change:.5f}; the figures above are the fp16 weights'."
     if change is not None:

@@ -73,15 +73,17 @@ class PneumoniaClassifier(nn.Module):
             return self.backbone(pixel_values)
         return self.backbone(pixel_values=pixel_values).logits
 
-    def fp16_rounded(self) -> PneumoniaClassifier:
-        """A copy whose weights are rounded to fp16 and computed in fp32: what a folder saved with
-        `half=True` loads as, so its outputs can be checked before saving."""
+    def fp16_rounded(self, modules: Sequence[str] = ()) -> PneumoniaClassifier:
+        """A copy whose weights (only those of the backbone's submodules `modules`, when given) are rounded to fp16
+        and computed in fp32: what a folder saved with the same `half` loads as, so its outputs can be checked first."""
         rounded = copy.deepcopy(self)
-        rounded.backbone.half().float()
+        for module in [rounded.backbone.get_submodule(name) for name in modules] or [rounded.backbone]:
+            module.half().float()
         return rounded
 
-    def save_pretrained(self, folder: Union[str, Path], half: bool = False) -> None:
-        """Write config.json + model.safetensors (fp16 when `half`) in the family's own Hub format."""
+    def save_pretrained(self, folder: Union[str, Path], half: Union[bool, Sequence[str]] = False) -> None:
+        """Write config.json + model.safetensors in the family's own Hub format: fp32, fp16 when `half` is True, or fp16
+        for the backbone's submodules named in `half` (an ensemble's `members.1`) only."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         extras = {
@@ -90,7 +92,7 @@ class PneumoniaClassifier(nn.Module):
             "test_time_views": list(self.test_time_views),
             "trained_from_scratch": self.trained_from_scratch,
         }
-        backbone = _half_copy(self.backbone) if half else self.backbone
+        backbone = _half_copy(self.backbone, () if half is True else half) if half else self.backbone
         if self.family == "timm":
             data_config = {key: self.data_config[key] for key in ("input_size", "mean", "std", "interpolation")}
             timm.models.save_for_hf(backbone, folder, model_config={"label_names": list(LABELS), **extras}, data_config=data_config, safe_serialization=True)
@@ -137,8 +139,12 @@ def _drop_num_classes_from_model_args(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2))
 
 
-def _half_copy(backbone: nn.Module) -> nn.Module:
-    return copy.deepcopy(backbone).half()
+def _half_copy(backbone: nn.Module, modules: Sequence[str]) -> nn.Module:
+    """A copy in fp16, or with only the named submodules in fp16."""
+    halved = copy.deepcopy(backbone)
+    for module in [halved.get_submodule(name) for name in modules] or [halved]:
+        module.half()
+    return halved
 
 
 def resolve_model_folder(name_or_path: Union[str, Path]) -> Path:

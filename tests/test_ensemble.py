@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 from transformers import HfArgumentParser
 
 from pneumo_hf import load_predictor
@@ -122,3 +123,26 @@ def test_an_offline_push_keeps_the_named_ensemble_folder(tmp_path, trained_folde
     assert result.returncode == 1 and "Cannot reach the Hub to push org/tiny-ensemble" in result.stderr and "Traceback" not in result.stderr
     assert load_predictor(output).predict(np.zeros((64, 64), dtype=np.uint8)).label in ("NORMAL", "PNEUMONIA")
     assert "# org/tiny-ensemble" in (output / "README.md").read_text()
+
+
+def test_members_saved_in_fp16_load_as_their_rounded_weights(tmp_path):
+    """`half=["members.1"]`: that member in fp16 on disk, the other in fp32, predicting as fp16_rounded says."""
+    first, _, ensemble = random_ensemble()
+    classifier = PneumoniaClassifier(ensemble, "timm", dict(first.data_config))
+    classifier.save_pretrained(tmp_path, half=["members.1"])
+    dtypes = {name.split(".")[1]: tensor.dtype for name, tensor in load_file(tmp_path / "model.safetensors").items() if tensor.is_floating_point()}
+    assert dtypes == {"0": torch.float32, "1": torch.float16}
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        loaded = PneumoniaClassifier.from_pretrained(tmp_path).eval()(pixel_values)
+        assert torch.allclose(loaded, classifier.fp16_rounded(["members.1"])(pixel_values), atol=1e-6)
+
+
+def test_save_fp16_stores_the_members_within_the_tolerance(tmp_path, trained_folder, second_member):
+    output = tmp_path / "ensemble"
+    result = run_ensemble(str(trained_folder), str(second_member), "--output_dir", str(output), "--save_fp16", "--fp16_tolerance", "1.0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((output / "all_results.json").read_text())
+    assert results["weights_dtype"] == "float16" and results["fp16_members"] == ["members.0", "members.1"]
+    assert {tensor.dtype for tensor in load_file(output / "model.safetensors").values() if tensor.is_floating_point()} == {torch.float16}
+    assert "fp16" in (output / "README.md").read_text()

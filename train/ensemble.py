@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import timm
 from accelerate import Accelerator
 
@@ -67,6 +68,24 @@ def build(members: list[PneumoniaClassifier], views: list[str]) -> PneumoniaClas
     return PneumoniaClassifier(backbone.eval(), "timm", dict(first.data_config), trained_from_scratch=trained_from_scratch, test_time_views=views)
 
 
+def fp16_members(classifier: PneumoniaClassifier, validation, views: list[str], logits, labels, tolerance: float) -> tuple[list[str], float]:
+    """The members (`members.I`) to store in fp16, taken one by one while the rounded ensemble's validation
+    probabilities stay within `tolerance` of fp32; and the largest change of those kept (with none kept, the
+    smallest change tried)."""
+    temperature = metrics.fit_temperature(logits, labels)
+    reference = metrics.probabilities(logits, temperature)[:, 1]
+    half, kept, tried = [], 0.0, []
+    for index in range(len(classifier.backbone.members)):
+        trial = half + [f"members.{index}"]
+        rounded = evaluate(classifier.fp16_rounded(trial), validation, Accelerator(), views)[0]
+        change = float(np.abs(metrics.probabilities(rounded, temperature)[:, 1] - reference).max())
+        print(f"fp16 for {', '.join(trial)}: validation probabilities move by up to {change:.5f} (tolerance {tolerance:g})")
+        tried.append(change)
+        if change <= tolerance:
+            half, kept = trial, change
+    return half, (kept if half else min(tried))
+
+
 def main(argv=None) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,6 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--test_time_views", nargs="*", choices=sorted(VIEWS), help="Default: the first member's.")
     parser.add_argument("--min_sensitivity", type=float, help="Threshold rule on validation; default: the first member's.")
     parser.add_argument("--test_dev_dir", help="Films never trained on (official test split, half A): their figures lead the card.")
+    parser.add_argument("--save_fp16", action="store_true", help="Store in fp16 each member whose rounding keeps every validation probability within --fp16_tolerance of fp32; the others stay fp32.")
+    parser.add_argument("--fp16_tolerance", type=float, default=1e-3, help="Largest change of a validation probability that --save_fp16 accepts.")
     parser.add_argument("--hub_model_id", help="ORG/NAME: the card's name, and where --push_to_hub uploads the folder.")
     parser.add_argument("--push_to_hub", action="store_true", help="Upload the ensemble folder to --hub_model_id at the end.")
     args = parser.parse_args(argv)
@@ -90,15 +111,21 @@ def main(argv=None) -> int:
     views = list(members[0].test_time_views) if args.test_time_views is None else args.test_time_views
     min_sensitivity = args.min_sensitivity or runs[0].get("min_sensitivity", 0.95)
     classifier = build(members, views)
-    validation = validation_split_of(folders[0])
-    logits, labels = evaluate(classifier, split_loader(classifier, validation), Accelerator(), views)
+    validation = split_loader(classifier, validation_split_of(folders[0]))
+    logits, labels = evaluate(classifier, validation, Accelerator(), views)
+    half, fp16_change = fp16_members(classifier, validation, views, logits, labels, args.fp16_tolerance) if args.save_fp16 else ([], None)
+    if half:  # everything below is measured on the weights as stored
+        classifier = classifier.fp16_rounded(half)
+        logits, labels = evaluate(classifier, validation, Accelerator(), views)
     classifier.temperature = metrics.fit_temperature(logits, labels)
     scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
     classifier.threshold = metrics.choose_threshold(labels, scores, min_sensitivity)
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
 
     output = Path(args.output_dir)
-    classifier.save_pretrained(output)
+    dtype = "float16" if len(half) == len(members) else "mixed" if half else "float32"
+    storage = {"dtype": dtype, "fp16_max_change": fp16_change, "fp16_members": half}
+    classifier.save_pretrained(output, half=half)
     for name in ("training_args.json", WEIGHTS_FILE, CONFIG_FILE):  # the validation split and the domain check are the first member's
         if (folders[0] / name).is_file():
             shutil.copy(folders[0] / name, output / name)
@@ -117,7 +144,8 @@ def main(argv=None) -> int:
         train_images=member_results[0]["train_images"],
         train_seconds=sum(result["train_seconds"] for result in member_results),
         trained_from_scratch=classifier.trained_from_scratch,
-        weights_dtype="float32",
+        weights_dtype=storage["dtype"],
+        **({"fp16_members": half, "fp16_max_probability_change": fp16_change} if args.save_fp16 else {}),
     )
     (output / "all_results.json").write_text(json.dumps(results, indent=2))
     metrics.plot_roc(labels, scores, output / "roc_curve.png", "Validation ROC")
@@ -133,7 +161,7 @@ def main(argv=None) -> int:
         "threshold_rule": f"the most specific threshold that keeps validation sensitivity ≥ {min_sensitivity}",
         "temperature": classifier.temperature,
         "test_time_views": views,
-        "storage": {"dtype": "float32", "fp16_max_change": None},
+        "storage": storage,
         "input_size": list(classifier.data_config["input_size"]),
         "mean": list(classifier.data_config["mean"]),
         "std": list(classifier.data_config["std"]),
