@@ -77,8 +77,7 @@ class PneumoniaClassifier(nn.Module):
         """A copy whose weights (only those of the backbone's submodules `modules`, when given) are rounded to fp16
         and computed in fp32: what a folder saved with the same `half` loads as, so its outputs can be checked first."""
         rounded = copy.deepcopy(self)
-        for module in [rounded.backbone.get_submodule(name) for name in modules] or [rounded.backbone]:
-            module.half().float()
+        _halve(rounded.backbone, modules).float()
         return rounded
 
     def save_pretrained(self, folder: Union[str, Path], half: Union[bool, Sequence[str]] = False) -> None:
@@ -92,7 +91,7 @@ class PneumoniaClassifier(nn.Module):
             "test_time_views": list(self.test_time_views),
             "trained_from_scratch": self.trained_from_scratch,
         }
-        backbone = _half_copy(self.backbone, () if half is True else half) if half else self.backbone
+        backbone = _halve(copy.deepcopy(self.backbone), () if half is True else half) if half else self.backbone
         if self.family == "timm":
             data_config = {key: self.data_config[key] for key in ("input_size", "mean", "std", "interpolation")}
             timm.models.save_for_hf(backbone, folder, model_config={"label_names": list(LABELS), **extras}, data_config=data_config, safe_serialization=True)
@@ -139,12 +138,11 @@ def _drop_num_classes_from_model_args(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2))
 
 
-def _half_copy(backbone: nn.Module, modules: Sequence[str]) -> nn.Module:
-    """A copy in fp16, or with only the named submodules in fp16."""
-    halved = copy.deepcopy(backbone)
-    for module in [halved.get_submodule(name) for name in modules] or [halved]:
+def _halve(backbone: nn.Module, modules: Sequence[str]) -> nn.Module:
+    """The backbone with the named submodules (all of it when none are named) turned to fp16, in place."""
+    for module in [backbone.get_submodule(name) for name in modules] or [backbone]:
         module.half()
-    return halved
+    return backbone
 
 
 def resolve_model_folder(name_or_path: Union[str, Path]) -> Path:
