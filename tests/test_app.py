@@ -255,7 +255,7 @@ FILMS = {
 def test_browser_fresh_clone_shows_example_thumbnails_and_the_decision_largest(default_server, tmp_path):
     """Screenshots go to PNEUMO_SCREENSHOT_DIR when it is set."""
     from gradio_client import Client, handle_file
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     shots = Path(os.environ.get("PNEUMO_SCREENSHOT_DIR", tmp_path))
     client = Client(default_server, verbose=False)
@@ -264,7 +264,8 @@ def test_browser_fresh_clone_shows_example_thumbnails_and_the_decision_largest(d
         page.goto(default_server)
         page.get_by_text("Examples (click one)").wait_for(timeout=30_000)
         thumbnails = page.locator("img[src*='gradio_api/file=']")
-        assert thumbnails.count() == len(find_examples()[0]) == 3
+        assert len(find_examples()[0]) == 3
+        expect(thumbnails).to_have_count(3, timeout=30_000)  # waits: the gallery renders after its heading
         thumbnails.first.click()  # an example runs a prediction
         page.locator("#decision").get_by_text("this film is").wait_for(timeout=60_000)
         for name, film in FILMS.items():
