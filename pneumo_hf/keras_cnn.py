@@ -5,6 +5,7 @@
 
 Three blocks of 3×3 convolution (32, 64, 128 filters, ReLU) and 2×2 max pooling, then flatten,
 a 128-unit dense layer, dropout 0.5 and the classifier; inputs scaled to [0, 1] (Keras' rescale=1/255).
+train/train.py sets the dropout with --drop_rate, default 0 (as timm's train.py --drop does): pass 0.5 for the notebooks'.
 Registered with timm, so it builds by name, saves in timm's Hub format and loads from a model folder
 through `pneumo_hf` (plain timm or transformers do not know the name).
 """

@@ -60,7 +60,7 @@ class TrainingArguments:
     pretrained: bool = field(default=False, metadata={"help": "Start from ImageNet weights from the Hub (needs the Hub); default: random init."})
     config_overrides: Optional[str] = field(default=None, metadata={"help": "For a transformers model type: 'hidden_size=192,num_hidden_layers=12,...'."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Input side in pixels; default: the model's own."})
-    drop_rate: float = field(default=0.0, metadata={"help": "Dropout before the classifier (timm models)."})
+    drop_rate: float = field(default=0.0, metadata={"help": "Dropout before the classifier (timm models); replaces the architecture's own, as timm's train.py --drop does (keras_cnn's is 0.5)."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
