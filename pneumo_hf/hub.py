@@ -151,7 +151,7 @@ def _eval_results(validation: dict[str, Any], test_dev: Optional[dict[str, Any]]
 
 
 def _plain_loading(family: str, architecture: str) -> str:
-    registered = next((name for name in ("pneumo_ensemble", "keras_cnn") if architecture.startswith(name)), None)
+    registered = next((name for name in ("pneumo_ensemble", "keras_cnn_wide", "keras_cnn") if architecture.startswith(name)), None)
     if registered:
         return (
             f"Without pneumo_hf's predictor: `import pneumo_hf` (it registers `{registered}` with timm), then "

@@ -93,8 +93,9 @@ def test_transformers_and_dense_heads_keep_grad_cam(name, kwargs):
     assert HeatmapMaker(build_classifier(name, image_size=64, **kwargs)).head is None
 
 
-def test_keras_cnn_heatmap_reads_its_last_block():
-    model = build_classifier("keras_cnn", image_size=64).eval()
+@pytest.mark.parametrize("name", ["keras_cnn", "keras_cnn_wide"])
+def test_keras_cnn_heatmap_reads_its_last_block(name):
+    model = build_classifier(name, image_size=64).eval()
     maker = HeatmapMaker(model)
     assert maker.layers == [model.backbone.blocks[2]]
     maps, logits = maker(torch.randn(2, 3, 64, 64))

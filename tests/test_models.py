@@ -27,6 +27,7 @@ def test_pretrained_without_hub_names_the_flag(monkeypatch):
     ("vit_tiny_patch16_224", {"image_size": 32}),
     ("vit", {"image_size": 32, "config_overrides": TINY_VIT}),
     ("keras_cnn", {"image_size": 32}),
+    ("keras_cnn_wide", {"image_size": 32}),
 ])
 def test_save_load_round_trip_keeps_labels_threshold_and_outputs(tmp_path, name, kwargs):
     model = build_classifier(name, **kwargs).eval()
@@ -52,6 +53,12 @@ def test_keras_notebook_cnn_builds_by_name_as_three_blocks_then_dense():
     assert timm.data.resolve_model_data_config(model)["mean"] == (0.0, 0.0, 0.0)  # Keras' rescale=1/255
     with pytest.raises(ValueError, match="too small"):
         build_classifier("keras_cnn", image_size=16)
+
+
+def test_wide_keras_cnn_doubles_every_block():
+    model = build_classifier("keras_cnn_wide", image_size=150).backbone
+    assert [c.out_channels for c in model.modules() if isinstance(c, torch.nn.Conv2d)] == [64, 128, 256]
+    assert model.num_features == 256 * 17 * 17 and model.get_classifier().in_features == 128
 
 
 def test_half_storage_matches_full_precision(tmp_path):
