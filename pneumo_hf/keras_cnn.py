@@ -94,4 +94,4 @@ def keras_cnn(pretrained: bool = False, **kwargs) -> KerasCNN:
 @register_model
 def keras_cnn_wide(pretrained: bool = False, **kwargs) -> KerasCNN:
     """The Keras notebooks' CNN with twice the filters: 64, 128, 256."""
-    return _create("keras_cnn_wide", pretrained, **dict(filters=(64, 128, 256), **kwargs))
+    return _create("keras_cnn_wide", pretrained, filters=(64, 128, 256), **kwargs)
