@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+import timm
 from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from huggingface_hub.constants import ENDPOINT, HF_HUB_OFFLINE
 
@@ -151,7 +152,8 @@ def _eval_results(validation: dict[str, Any], test_dev: Optional[dict[str, Any]]
 
 
 def _plain_loading(family: str, architecture: str) -> str:
-    registered = next((name for name in ("pneumo_ensemble", "keras_cnn_wide", "keras_cnn") if architecture.startswith(name)), None)
+    name = architecture.split("(")[0]  # an ensemble's architecture names its members in brackets
+    registered = name if timm.is_model(name) and timm.models.model_entrypoint(name).__module__.startswith("pneumo_hf.") else None
     if registered:
         return (
             f"Without pneumo_hf's predictor: `import pneumo_hf` (it registers `{registered}` with timm), then "

@@ -61,6 +61,14 @@ def test_wide_keras_cnn_doubles_every_block():
     assert model.num_features == 256 * 17 * 17 and model.get_classifier().in_features == 128
 
 
+@pytest.mark.parametrize("architecture, registered", [("keras_cnn", "keras_cnn"), ("keras_cnn_wide", "keras_cnn_wide"), ("resnet18", None)])
+def test_model_card_names_what_pneumo_hf_registers_with_timm(architecture, registered):
+    from pneumo_hf.hub import _plain_loading
+
+    text = _plain_loading("timm", architecture)
+    assert (f"registers `{registered}` with timm" in text) if registered else ("import pneumo_hf" not in text and "TimmWrapper" in text)
+
+
 def test_half_storage_matches_full_precision(tmp_path):
     model = build_classifier("resnet18", image_size=32).eval()
     model.save_pretrained(tmp_path, half=True)
