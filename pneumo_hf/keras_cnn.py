@@ -41,7 +41,7 @@ class KerasCNN(nn.Module):
         for _ in filters:
             height, width = (height - 2) // 2, (width - 2) // 2
         if min(height, width) < 1:
-            raise ValueError(f"img_size {img_size} is too small for three conv + pool blocks; use 32 or more.")
+            raise ValueError(f"img_size {img_size} is too small for {len(filters)} conv + pool blocks; use 32 or more.")
         self.num_features = channels * height * width
         self.feature_info = [{"num_chs": out_channels, "reduction": 2 ** (index + 1), "module": f"blocks.{index}"} for index, out_channels in enumerate(filters)]
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(self.num_features, hidden_size), nn.ReLU(inplace=True), nn.Dropout(drop_rate))
@@ -78,7 +78,7 @@ _CONFIG = {
     "first_conv": "blocks.0.0",
     "classifier": "head",
 }
-default_cfgs = generate_default_cfgs({"keras_cnn": dict(_CONFIG), "keras_cnn_wide": dict(_CONFIG)})
+default_cfgs = generate_default_cfgs({"keras_cnn": _CONFIG, "keras_cnn_wide": _CONFIG})
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> KerasCNN:
