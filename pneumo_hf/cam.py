@@ -39,6 +39,8 @@ def target_layers(classifier: PneumoniaClassifier) -> tuple[list[nn.Module], Res
     if classifier.family == "transformers":
         config = backbone.config
         base = getattr(backbone, config.model_type)
+        if not hasattr(config, "patch_size"):  # a transformers CNN (ResNet, ConvNeXt): its last stage's feature map
+            return [base.encoder.stages[-1]], None
         layers = base.layers if hasattr(base, "layers") else base.encoder.layer  # transformers 5 / 4 layout
         grid = config.image_size // config.patch_size
         return [layers[-1].layernorm_before], _tokens_to_grid(grid, grid, prefix_tokens=1)

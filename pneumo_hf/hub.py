@@ -60,6 +60,7 @@ def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[s
         datasets=[DATASET_ID],
         tags=["medical-imaging", "chest-x-ray", "pneumonia", "pneumo-hf"],
         model_name=model_name,
+        base_model=_hub_id(summary.get("base_model")),
         eval_results=_eval_results(metrics, summary.get("test_dev")),
     )
     card = ModelCard.from_template(
@@ -68,7 +69,7 @@ def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[s
         model_name=model_name,
         architecture=summary["architecture"],
         family=summary["family"],
-        start="from random initialisation (no pretrained weights)" if summary["trained_from_scratch"] else "from ImageNet-pretrained weights",
+        start=_start(summary),
         n=metrics["n"],
         rows="\n".join(f"| {name} | {metrics[name]:.4f} |" for name in ("roc_auc", "accuracy", "recall", "specificity", "precision", "f1", "ece")),
         threshold=metrics["threshold"],
@@ -90,6 +91,22 @@ def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[s
         **{key: summary[key] for key in ("input_size", "mean", "std", "loss", "class_weights", "epochs_run", "train_images", "train_seconds", "command")},
     )
     card.save(Path(folder, "README.md"))
+
+
+def _hub_id(base_model: Optional[str]) -> Optional[str]:
+    """`base_model` for the card's metadata: a Hub id (ORG/NAME) only, never a local path."""
+    return base_model if base_model and base_model.count("/") == 1 and not Path(base_model).exists() else None
+
+
+def _start(summary: dict[str, Any]) -> str:
+    """How the weights began, for the card's first paragraph."""
+    base_model, revision = summary.get("base_model"), summary.get("base_model_revision")
+    if summary["trained_from_scratch"] or not base_model:
+        return "trained from random initialisation (no pretrained weights)"
+    at = f" at revision `{revision[:12]}`" if revision else ""
+    if _hub_id(base_model):
+        return f"fine-tuned from [`{base_model}`](https://huggingface.co/{base_model}){at}"
+    return f"fine-tuned from the checkpoint in the local folder `{Path(base_model).name}`"
 
 
 def card_text(folder: Path) -> str:

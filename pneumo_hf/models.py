@@ -2,6 +2,8 @@
 
     from pneumo_hf.models import build_classifier, PneumoniaClassifier
     model = build_classifier("efficientnet_b0", image_size=224)        # random init (offline)
+    model = build_classifier("timm/efficientnet_b0.ra_in1k")            # fine-tune: the Hub cache, then the Hub
+    model = build_classifier("checkpoints/vit-base")                    # a folder from `hf download ID --local-dir`
     model.save_pretrained("runs/b0")                                    # config.json + model.safetensors
     model = PneumoniaClassifier.from_pretrained("runs/b0")              # or a Hub repo id
 
@@ -14,12 +16,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import timm
 import torch
+from PIL import Image
 from torch import nn
 
 from . import ensemble, keras_cnn  # noqa: F401  (register `pneumo_ensemble` and `keras_cnn` with timm, so they build and load by name)
@@ -28,7 +32,9 @@ from .labels import ID2LABEL, LABEL2ID, LABELS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelError", "PneumoniaClassifier", "build_classifier", "resolve_model_folder"]
+__all__ = ["ModelError", "PneumoniaClassifier", "build_classifier", "from_checkpoint", "head_of", "hub_snapshot", "resolve_model_folder"]
+
+CHECKPOINT_FILES = ("*.json", "*.safetensors")  # what fine-tuning needs of a checkpoint repo: configs and weights
 
 _TRANSFORMERS_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -39,8 +45,9 @@ class ModelError(ValueError):
 
 class PneumoniaClassifier(nn.Module):
     """A timm or transformers backbone with two outputs, plus what inference needs to use it:
-    its data config (input size, mean, std), the decision threshold, the calibration temperature and
-    the test-time views (`pneumo_hf.tta`) that threshold and temperature were fitted with."""
+    its data config (input size, mean, std), the decision threshold, the calibration temperature, the
+    test-time views (`pneumo_hf.tta`) that threshold and temperature were fitted with, and the checkpoint it was
+    fine-tuned from (None from scratch)."""
 
     def __init__(
         self,
@@ -51,6 +58,8 @@ class PneumoniaClassifier(nn.Module):
         temperature: float = 1.0,
         trained_from_scratch: bool = True,
         test_time_views: Sequence[str] = (),
+        base_model: Optional[str] = None,
+        base_model_revision: Optional[str] = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -60,6 +69,8 @@ class PneumoniaClassifier(nn.Module):
         self.temperature = temperature
         self.trained_from_scratch = trained_from_scratch
         self.test_time_views = tuple(test_time_views)
+        self.base_model = base_model  # the checkpoint it was fine-tuned from: a Hub id, or a local folder
+        self.base_model_revision = base_model_revision
 
     @property
     def architecture(self) -> str:
@@ -90,6 +101,7 @@ class PneumoniaClassifier(nn.Module):
             "calibration_temperature": self.temperature,
             "test_time_views": list(self.test_time_views),
             "trained_from_scratch": self.trained_from_scratch,
+            **({"base_model": self.base_model, "base_model_revision": self.base_model_revision} if self.base_model else {}),
         }
         backbone = _halve(copy.deepcopy(self.backbone), () if half is True else half) if half else self.backbone
         if self.family == "timm":
@@ -114,6 +126,8 @@ class PneumoniaClassifier(nn.Module):
             "temperature": float(config.get("calibration_temperature", 1.0)),
             "trained_from_scratch": bool(config.get("trained_from_scratch", True)),
             "test_time_views": tuple(config.get("test_time_views", ())),
+            "base_model": config.get("base_model"),
+            "base_model_revision": config.get("base_model_revision"),
         }
         if "architecture" in config:
             labels = tuple(config.get("label_names") or ())
@@ -128,6 +142,14 @@ class PneumoniaClassifier(nn.Module):
         if labels != LABELS:
             raise ModelError(f"{folder} has labels {labels}; a pneumo_hf model needs {LABELS}.")
         return cls(backbone, "transformers", _processor_data_config(AutoImageProcessor.from_pretrained(folder)), **extras)
+
+
+def head_of(classifier: PneumoniaClassifier) -> nn.Module:
+    """The two-class head that replaced the checkpoint's: timm's `get_classifier()`, transformers' `classifier`."""
+    head = classifier.backbone.get_classifier() if classifier.family == "timm" else getattr(classifier.backbone, "classifier", None)
+    if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
+        raise ModelError(f"{classifier.architecture} has no separate classifier head to train alone; drop --freeze_backbone_epochs.")
+    return head
 
 
 def _drop_num_classes_from_model_args(config_path: Path) -> None:
@@ -154,12 +176,24 @@ def resolve_model_folder(name_or_path: Union[str, Path]) -> Path:
         return path
     if path.exists() or str(name_or_path).count("/") != 1:
         raise ModelError(f"{name_or_path!r} is neither a model folder nor a Hub repo id (ORG/NAME).")
-    from huggingface_hub import snapshot_download
+    return hub_snapshot(str(name_or_path), ["*.json", "*.safetensors", "*.md", "*.png"])
 
-    try:  # offline, a copy in the Hub cache still loads
-        return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.md", "*.png"], local_files_only=not hub_reachable()))
-    except Exception as error:  # huggingface_hub raises many types for offline/missing repos
-        raise ModelError(f"Could not fetch model {name_or_path!r} from the Hub ({type(error).__name__}); check the id and your connection, or pass a local model folder.") from error
+
+def hub_snapshot(repo_id: str, allow_patterns: Sequence[str]) -> Path:
+    """The repo's snapshot folder through huggingface_hub: the Hugging Face cache first (HF_HUB_CACHE), the Hub when it
+    is reachable, nothing else when HF_HUB_OFFLINE is set. The folder's name is the commit it holds."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    online = hub_reachable()
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=list(allow_patterns), local_files_only=not online))
+    except LocalEntryNotFoundError as error:
+        if online:
+            raise ModelError(f"Could not download {repo_id!r} from the Hub ({type(error).__name__}); check your connection, or pass a local folder.") from error
+        raise ModelError(f"{repo_id!r} is not in the Hugging Face cache and the Hub is not reachable: run `hf download {repo_id}` on a machine that reaches the Hub (then copy its cache here), or pass a folder made by `hf download {repo_id} --local-dir DIR`.") from error
+    except Exception as error:  # huggingface_hub raises many types for missing repos, auth and HTTP errors
+        raise ModelError(f"Could not fetch {repo_id!r} from the Hub ({type(error).__name__}); check the repo id and your access, or pass a local folder.") from error
 
 
 def build_classifier(
@@ -169,43 +203,89 @@ def build_classifier(
     config_overrides: Optional[str] = None,
     drop_rate: float = 0.0,
 ) -> PneumoniaClassifier:
-    """A two-class classifier from a timm architecture name, a transformers model type (`vit`),
-    a local model folder, or a Hub id of either. Random init unless `pretrained`."""
+    """A two-class classifier, as transformers' example scripts read `--model_name_or_path`: a timm architecture name or a
+    transformers model type builds random init (`pretrained`: timm's default pretrained tag, from the Hub or its
+    cache); a Hub id or a local folder of a timm or transformers checkpoint loads its weights with a new head; a
+    pneumo_hf model folder loads as it is (to train on)."""
     if Path(model_name_or_path).is_dir():
-        return PneumoniaClassifier.from_pretrained(model_name_or_path)
+        return from_checkpoint(Path(model_name_or_path), image_size=image_size, drop_rate=drop_rate)
     if timm.is_model(model_name_or_path):
-        return _build_timm(model_name_or_path, pretrained, image_size, drop_rate)
+        if pretrained:
+            repo_id = timm.models.get_pretrained_cfg(model_name_or_path).hf_hub_id if timm.models.is_model_pretrained(model_name_or_path) else None
+            if not repo_id:
+                raise ModelError(f"timm has no pretrained weights on the Hub for {model_name_or_path!r}; drop `--pretrained` to train from random init.")
+            return from_checkpoint(hub_snapshot(repo_id, CHECKPOINT_FILES), repo_id, image_size, drop_rate)
+        return _build_timm(model_name_or_path, image_size, drop_rate)
     if _is_transformers_type(model_name_or_path):
         if pretrained:
-            raise ModelError(f"{model_name_or_path!r} is a transformers model type, which has no weights; drop `pretrained` or pass a Hub id such as google/vit-base-patch16-224.")
+            raise ModelError(f"{model_name_or_path!r} is a transformers model type, which has no weights; drop `--pretrained` or pass a Hub id such as google/vit-base-patch16-224.")
         return _build_transformers_from_scratch(model_name_or_path, image_size, config_overrides)
-    if model_name_or_path.count("/") == 1:
-        return _build_from_hub(model_name_or_path, pretrained, image_size)
+    if model_name_or_path.count("/") == 1 and not Path(model_name_or_path).exists():
+        return from_checkpoint(hub_snapshot(model_name_or_path, CHECKPOINT_FILES), model_name_or_path, image_size, drop_rate)
     close = timm.list_models(f"*{model_name_or_path}*")[:5]
     hint = f" Did you mean one of {close}?" if close else " See timm.list_models() for timm names."
     raise ModelError(f"Unknown model {model_name_or_path!r}: not a timm architecture, a transformers model type, a model folder or a Hub id.{hint}")
 
 
-def _build_timm(name: str, pretrained: bool, image_size: Optional[int], drop_rate: float) -> PneumoniaClassifier:
-    kwargs: dict[str, Any] = {"num_classes": len(LABELS), "drop_rate": drop_rate}
-    if pretrained and not hub_reachable():
-        raise ModelError(f"Pretrained weights for {name!r} come from the Hub, which is not reachable; drop `pretrained` to train from random init.")
+def from_checkpoint(folder: Path, repo_id: Optional[str] = None, image_size: Optional[int] = None, drop_rate: float = 0.0) -> PneumoniaClassifier:
+    """A classifier from a checkpoint folder in timm's or transformers' Hub format (a Hub snapshot, or a folder made by
+    `hf download ID --local-dir DIR`): its weights, a new two-class head, and preprocessing from the checkpoint
+    (`image_size` overrides the size). A pneumo_hf model folder loads as it is."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelError(f"{folder} holds no config.json: pass a model folder, or a checkpoint folder made by `hf download ID --local-dir DIR`.")
+    config = json.loads(config_path.read_text())
+    if "decision_threshold" in config:  # a model folder written by pneumo_hf
+        return PneumoniaClassifier.from_pretrained(folder)
+    revision = folder.name if repo_id and re.fullmatch(r"[0-9a-f]{40}", folder.name) else None  # a cache snapshot is named by its commit
+    source = f"{repo_id}{f' (revision {revision[:12]})' if revision else ''}" if repo_id else str(folder)
+    if "architecture" in config:
+        kwargs: dict[str, Any] = {"num_classes": len(LABELS), "drop_rate": drop_rate}
+        backbone = _create_timm(f"local-dir:{folder}", True, kwargs, image_size)
+        data_config = _timm_data_config(backbone)
+        family = "timm"
+    elif "model_type" in config:
+        backbone, data_config = _load_transformers_checkpoint(folder, config, image_size)
+        family = "transformers"
+    else:
+        raise ModelError(f"{config_path} is neither timm's format (`architecture`) nor transformers' (`model_type`).")
+    if image_size:
+        data_config["input_size"] = (3, image_size, image_size)
+    logger.info("Loaded %s weights of %s from %s with a new %d-class head: fine-tuning, not training from scratch.", family, config.get("architecture") or config["model_type"], source, len(LABELS))
+    return PneumoniaClassifier(backbone, family, data_config, trained_from_scratch=False, base_model=repo_id or str(folder), base_model_revision=revision)
+
+
+def _load_transformers_checkpoint(folder: Path, config: dict[str, Any], image_size: Optional[int]) -> tuple[nn.Module, dict[str, Any]]:
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    trained_at = config.get("image_size")
+    if image_size and trained_at and image_size != trained_at:
+        raise ModelError(f"{folder} is a transformers checkpoint trained at {trained_at} px, whose position embeddings fix its input size; drop --image_size.")
     try:
-        backbone = _create_timm(name, pretrained, kwargs, image_size)
-    except (OSError, RuntimeError) as error:
-        if not pretrained:
-            raise
-        raise ModelError(f"Could not download pretrained weights for {name!r} from the Hub ({type(error).__name__}); drop `pretrained` to train from random init, or connect to the Hub.") from error
+        backbone = AutoModelForImageClassification.from_pretrained(folder, num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{folder} could not be loaded as a transformers image classifier ({error}).") from error
+    try:
+        return backbone, _processor_data_config(AutoImageProcessor.from_pretrained(folder))
+    except OSError:  # no preprocessor_config.json: the model's own size and transformers' usual normalisation
+        size = trained_at or 224
+        logger.warning("%s has no preprocessor_config.json: input %d px, mean/std %s assumed.", folder, size, _TRANSFORMERS_MEAN_STD[0])
+        mean, std = _TRANSFORMERS_MEAN_STD
+        return backbone, {"input_size": (3, size, size), "mean": mean, "std": std, "interpolation": "bilinear"}
+
+
+def _build_timm(name: str, image_size: Optional[int], drop_rate: float) -> PneumoniaClassifier:
+    backbone = _create_timm(name, False, {"num_classes": len(LABELS), "drop_rate": drop_rate}, image_size)
     data_config = _timm_data_config(backbone)
     if image_size:
         data_config["input_size"] = (3, image_size, image_size)
-    logger.info("Built timm %s (%s).", name, "pretrained weights from the Hub" if pretrained else "random init: trained from scratch")
-    return PneumoniaClassifier(backbone, "timm", data_config, trained_from_scratch=not pretrained)
+    logger.info("Built timm %s (random init: trained from scratch).", name)
+    return PneumoniaClassifier(backbone, "timm", data_config)
 
 
 def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any], image_size: Optional[int]) -> nn.Module:
     if image_size:
-        try:  # transformers-style models (ViT) fix their input size at build time; CNNs take any size
+        try:  # transformers-style models (ViT) fix their input size at build time (timm resamples a checkpoint's position embeddings); CNNs take any size
             return timm.create_model(name, pretrained=pretrained, img_size=image_size, **kwargs)
         except TypeError:
             pass
@@ -238,31 +318,19 @@ def _build_transformers_from_scratch(model_type: str, image_size: Optional[int],
         backbone = AutoModelForImageClassification.from_config(config)
     except ValueError as error:
         raise ModelError(f"{model_type!r} is a transformers model type without an image-classification head ({error}).") from error
-    size = config.image_size
+    size = getattr(config, "image_size", None) or image_size or 224
     mean, std = _TRANSFORMERS_MEAN_STD
     logger.info("Built transformers %s from config (random init: trained from scratch).", model_type)
     return PneumoniaClassifier(backbone, "transformers", {"input_size": (3, size, size), "mean": mean, "std": std, "interpolation": "bilinear"})
 
 
-def _build_from_hub(repo_id: str, pretrained: bool, image_size: Optional[int]) -> PneumoniaClassifier:
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
-
-    if not hub_reachable():
-        raise ModelError(f"Unknown model {repo_id!r}: not a timm name, a transformers model type or a local folder, and the Hub is not reachable to look it up. Offline, use a timm name (resnet50, efficientnet_b0, vit_small_patch16_224).")
-    try:
-        config = AutoConfig.from_pretrained(repo_id, num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID)
-        if config.model_type == "timm_wrapper":
-            return _build_timm(f"hf-hub:{repo_id}", pretrained, image_size, 0.0)
-        if not pretrained:
-            backbone = AutoModelForImageClassification.from_config(config)
-        else:
-            backbone = AutoModelForImageClassification.from_pretrained(repo_id, config=config, ignore_mismatched_sizes=True)
-        processor = AutoImageProcessor.from_pretrained(repo_id)
-    except OSError as error:
-        raise ModelError(f"Unknown model {repo_id!r}: the Hub could not provide it ({type(error).__name__}); check the repo id.") from error
-    return PneumoniaClassifier(backbone, "transformers", _processor_data_config(processor), trained_from_scratch=not pretrained)
-
-
 def _processor_data_config(processor) -> dict[str, Any]:
+    """Input size, mean, std and interpolation of a transformers image processor (`{height, width}` as ViT's,
+    `{shortest_edge}` as ResNet's and ConvNeXt's)."""
     size = processor.size
-    return {"input_size": (3, size["height"], size["width"]), "mean": tuple(processor.image_mean), "std": tuple(processor.image_std), "interpolation": "bilinear"}
+    height, width = (size["height"], size["width"]) if size.get("height") else (size["shortest_edge"], size["shortest_edge"])
+    resample = getattr(processor, "resample", None)
+    interpolation = Image.Resampling(resample).name.lower() if resample is not None else "bilinear"
+    if interpolation not in ("nearest", "bilinear", "bicubic"):
+        interpolation = "bilinear"
+    return {"input_size": (3, height, width), "mean": tuple(processor.image_mean), "std": tuple(processor.image_std), "interpolation": interpolation}

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from timm.data import Mixup
+from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
@@ -34,7 +35,7 @@ from .data import DataError, XrayDataset, class_weights, collate, load_evaluatio
 from .domain import fit_domain_check
 from .hub import push_folder, write_model_card
 from .labels import LABELS
-from .models import PneumoniaClassifier, build_classifier
+from .models import PneumoniaClassifier, build_classifier, head_of
 from .transforms import build_transform
 from .tta import VIEWS, logits_with_views
 
@@ -56,8 +57,10 @@ class TrainingArguments:
     test_dev_dir: Optional[str] = field(default=None, metadata={"help": "An image folder of films never trained on (the official test split, half A): scored at the end as load_predictor() predicts; its figures lead the model card and go to all_results.json as test_dev_*."})
     validation_fraction: float = field(default=0.15, metadata={"help": "Share of train patients held out for validation."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only this many training images (quick runs)."})
-    model_name_or_path: str = field(default="efficientnet_b0", metadata={"help": "timm name (resnet50, efficientnet_b0, vit_small_patch16_224), transformers model type (vit), model folder or Hub id."})
-    pretrained: bool = field(default=False, metadata={"help": "Start from ImageNet weights from the Hub (needs the Hub); default: random init."})
+    model_name_or_path: str = field(default="efficientnet_b0", metadata={"help": "A Hub id of a timm or transformers checkpoint (timm/resnet50.a1_in1k, google/vit-base-patch16-224) or a local folder of one: its weights, a new head. A bare timm name (efficientnet_b0) or transformers model type (vit): random init."})
+    pretrained: bool = field(default=False, metadata={"help": "With a bare timm name: start from timm's default pretrained tag (the Hub cache, then the Hub); default: random init."})
+    freeze_backbone_epochs: int = field(default=0, metadata={"help": "Train the new head alone for this many epochs (backbone frozen: no gradients, BatchNorm in eval mode), then everything; ≥ --num_train_epochs is pure feature extraction."})
+    layer_decay: Optional[float] = field(default=None, metadata={"help": "Layer-wise learning-rate decay (timm's param_groups_layer_decay), e.g. 0.75: each layer down from the head learns at this factor of the one above."})
     config_overrides: Optional[str] = field(default=None, metadata={"help": "For a transformers model type: 'hidden_size=192,num_hidden_layers=12,...'."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Input side in pixels; default: the model's own."})
     drop_rate: float = field(default=0.0, metadata={"help": "Dropout before the classifier (timm models); replaces the architecture's own, as timm's train.py --drop does (keras_cnn's is 0.5)."})
@@ -117,6 +120,10 @@ class TrainingArguments:
             raise ValueError("--mixup, --cutmix and --intensity_aug take 0 (off) or a positive value.")
         if not 0.0 <= self.random_erasing <= 1.0:
             raise ValueError(f"--random_erasing {self.random_erasing}: give a probability between 0 and 1, e.g. 0.25.")
+        if self.freeze_backbone_epochs < 0:
+            raise ValueError(f"--freeze_backbone_epochs {self.freeze_backbone_epochs}: give 0 (off) or a number of epochs.")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"--layer_decay {self.layer_decay}: give a factor in (0, 1], e.g. 0.75.")
         if not 0.5 <= self.min_sensitivity <= 1.0:
             raise ValueError(f"--min_sensitivity {self.min_sensitivity}: give a value between 0.5 and 1.")
         output = Path(self.output_dir)
@@ -251,6 +258,8 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
         log_with=args.report_to if args.with_tracking else None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=True, total_limit=args.checkpoints_total_limit),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # a frozen backbone gives no gradients: DDP must not wait for them
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.freeze_backbone_epochs > 0)],
     )
     set_seed(args.seed)
     train_set, validation_set = run_splits(asdict(args))
@@ -261,8 +270,10 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     classifier = build_classifier(args.model_name_or_path, args.pretrained, args.image_size, args.config_overrides, args.drop_rate)
     if classifier.trained_from_scratch:
         logger.warning("Training %s from random initialisation (no pretrained weights).", classifier.architecture)
+    if args.freeze_backbone_epochs:
+        head_of(classifier)  # a model without a separate head fails now, not after the first epoch
     train_loader, validation_loader = _loaders(args, classifier, train_set, validation_set)
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(classifier, args), lr=args.learning_rate, weight_decay=args.weight_decay)
     # The prepared scheduler steps once per process per optimizer step, so it is sized on the whole
     # loader; the progress bar below counts this process's steps, on its shard of the loader.
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
@@ -313,11 +324,40 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     return results
 
 
+def _parameter_groups(classifier: PneumoniaClassifier, args: TrainingArguments) -> list:
+    """All parameters in one group, or with --layer_decay timm's layer-wise groups, their learning rates scaled
+    (get_cosine_schedule_with_warmup then scales each group's own rate)."""
+    if args.layer_decay is None:
+        return [{"params": list(classifier.parameters())}]
+    groups = param_groups_layer_decay(classifier.backbone, weight_decay=args.weight_decay, layer_decay=args.layer_decay)
+    for group in groups:
+        group["lr"] = args.learning_rate * group["lr_scale"]
+    logger.info("Layer decay %g: %d parameter groups, learning-rate scales %.3g to %.3g.", args.layer_decay, len(groups), min(g["lr_scale"] for g in groups), max(g["lr_scale"] for g in groups))
+    return groups
+
+
+def _freeze_backbone(classifier: PneumoniaClassifier, frozen: bool) -> None:
+    """With `frozen`, only the head has gradients and the rest is in eval mode (BatchNorm statistics and weights stay
+    the checkpoint's, bit for bit); else every parameter trains. Called after `model.train()`."""
+    head = head_of(classifier)
+    head_parameters = {id(parameter) for parameter in head.parameters()}
+    for parameter in classifier.parameters():
+        parameter.requires_grad_(not frozen or id(parameter) in head_parameters)
+    if frozen:
+        classifier.backbone.eval()
+        head.train()
+
+
 def _train_one_epoch(run: _Run, epoch: int, progress) -> float:
     """One pass over the training data from where the run's state says it stopped; returns the mean loss."""
     args, accelerator, model, ema, state, loader = run.args, run.accelerator, run.model, run.ema, run.state, run.train_loader
     criterion, optimizer, scheduler = run.criterion, run.optimizer, run.scheduler
     model.train()
+    if args.freeze_backbone_epochs:
+        frozen = epoch < args.freeze_backbone_epochs
+        _freeze_backbone(run.classifier, frozen)
+        if epoch == args.freeze_backbone_epochs:
+            logger.info("Epoch %d: the backbone is unfrozen; everything trains from now on.", epoch)
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     active = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader
@@ -454,6 +494,7 @@ def _finish(run: _Run) -> dict[str, Any]:
         "skipped_images": state.skipped_images,
         "train_seconds": state.train_seconds,
         "trained_from_scratch": classifier.trained_from_scratch,
+        **({"base_model": classifier.base_model, "base_model_revision": classifier.base_model_revision} if classifier.base_model else {}),
         "weights_dtype": storage["dtype"],
     }
     if storage["fp16_max_change"] is not None:
@@ -468,6 +509,8 @@ def _finish(run: _Run) -> dict[str, Any]:
         "family": classifier.family,
         "architecture": classifier.architecture,
         "trained_from_scratch": classifier.trained_from_scratch,
+        "base_model": classifier.base_model,
+        "base_model_revision": classifier.base_model_revision,
         "threshold_rule": f"the most specific threshold that keeps validation sensitivity ≥ {args.min_sensitivity}",
         "temperature": classifier.temperature,
         "test_time_views": list(classifier.test_time_views),

@@ -16,10 +16,15 @@ def test_unknown_model_name_suggests_timm_names():
         build_classifier("resnet5o")
 
 
-def test_pretrained_without_hub_names_the_flag(monkeypatch):
+def test_pretrained_weights_neither_cached_nor_reachable_say_how_to_get_them(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr("pneumo_hf.models.hub_reachable", lambda: False)
-    with pytest.raises(ModelError, match="drop `pretrained`"):
+    with pytest.raises(ModelError, match="run `hf download timm/resnet18.a1_in1k`"):
         build_classifier("resnet18", pretrained=True)
+    with pytest.raises(ModelError, match="timm has no pretrained weights on the Hub for 'keras_cnn'"):
+        build_classifier("keras_cnn", pretrained=True)
 
 
 @pytest.mark.parametrize("name, kwargs", [
