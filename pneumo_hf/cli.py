@@ -3,7 +3,6 @@
     pneumo-hf predict ../shared/data/chest_xray_224/test_dev --output preds.csv
     pneumo-hf train --model_name_or_path efficientnet_b0 --train_dir data/train --output_dir runs/b0
     pneumo-hf evaluate --model runs/b0 --data_dir data/test
-    pneumo-hf examples --data_dir ../shared/data/chest_xray_224/train
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ COMMANDS = {
     "predict": ("pneumo_hf.commands.predict", "predict a whole archive into a CSV or Parquet file"),
     "train": ("pneumo_hf.commands.train", "train a model folder (train/train.py)"),
     "evaluate": ("pneumo_hf.commands.evaluate", "measure a model folder on a labelled split (train/evaluate.py)"),
-    "examples": ("pneumo_hf.examples", "copy the app's example films out of a local copy of the data set"),
 }
 
 

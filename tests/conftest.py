@@ -8,12 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumo_hf.examples import COPY_COMMAND, find_examples
-
 torch.set_num_threads(1)  # small tests; leave the other core to whatever else runs
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray_224" / "train"
-needs_examples = pytest.mark.skipif(not find_examples()[0], reason=f"no example films in the package: `{COPY_COMMAND}` copies them (.ci/run does)")
 TINY_VIT = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"
 
 

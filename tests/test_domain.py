@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import needs_examples, xray_like
+from conftest import xray_like
 from PIL import Image, ImageDraw, ImageOps
 
 from pneumo_hf import load_predictor
@@ -42,7 +42,6 @@ def shipped():
     return load_predictor()
 
 
-@needs_examples
 def test_shipped_check_flags_non_xrays_and_an_inverted_film(shipped):
     assert shipped.domain is not None and shipped.domain.info["calibration_flagged"] <= 0.05
     for name, image in not_xrays().items():
@@ -52,7 +51,6 @@ def test_shipped_check_flags_non_xrays_and_an_inverted_film(shipped):
     assert DOMAIN_WARNING in shipped.predict(ImageOps.invert(film.convert("RGB"))).warnings
 
 
-@needs_examples
 def test_shipped_check_passes_ordinary_films(shipped):
     films, _ = find_examples()
     assert [prediction.warnings for prediction in shipped.predict_batch(films)] == [[]] * len(films)

@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import compressed_dicom, dicom_bytes, dicom_dataset, make_dicom, needs_examples, xray_like
+from conftest import compressed_dicom, dicom_bytes, dicom_dataset, make_dicom, xray_like
 from PIL import Image
 
 from pneumo_hf.examples import find_examples
@@ -174,7 +174,6 @@ def default_predictor():
     return load_predictor()
 
 
-@needs_examples
 @pytest.mark.parametrize("syntax", LOSSLESS)
 def test_compressed_dicom_as_pacs_export_it_predicts_like_the_uncompressed_film(syntax, default_predictor, real_film):
     from pydicom import uid
@@ -186,7 +185,6 @@ def test_compressed_dicom_as_pacs_export_it_predicts_like_the_uncompressed_film(
     assert default_predictor.predict(data).probabilities == default_predictor.predict(plain).probabilities
 
 
-@needs_examples
 @pytest.mark.parametrize("syntax, scale", [("JPEGBaseline8Bit", 1), ("JPEGExtended12Bit", 16)])
 def test_lossy_jpeg_dicom_predicts_close_to_the_uncompressed_film(syntax, scale, default_predictor, real_film):
     from pydicom import uid

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_dicom, needs_examples, xray_like
+from conftest import make_dicom, xray_like
 from PIL import Image
 
 from pneumo_hf import load_predictor
@@ -136,7 +136,6 @@ def test_prediction_does_not_import_the_training_stack():
     assert result.stdout.strip() == "[]", result.stderr
 
 
-@needs_examples
 @pytest.mark.slow
 def test_the_wheel_holds_the_default_model_and_example_films(tmp_path):
     source = tmp_path / "source"  # a copy, so that no earlier build/ folder leaks stale files into the wheel
