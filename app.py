@@ -14,6 +14,8 @@ import os
 # served 0.64 of Gradio's ceiling, one thread each 0.87 (README, "App speed"); torch.set_num_threads does not
 # reach Gradio's worker threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy by default: the operator may turn Gradio's usage analytics on
+import json
 import re
 import uuid
 from functools import lru_cache
@@ -26,16 +28,14 @@ from gradio.components.label import LabelConfidence, LabelData
 from pneumo_hf import ImageError, ModelError, Prediction, Predictor, load_predictor
 from pneumo_hf.cam import overlay
 from pneumo_hf.examples import find_examples, hub_examples
-from pneumo_hf.hub import card_text
+from pneumo_hf.hub import card_text, maintainers_results, readable_split
 from pneumo_hf.imaging import IMAGE_SUFFIXES, MAX_FILE_BYTES, load_image
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
 
 DEFAULT = "default (shipped in pneumo_hf)"
 NOTICE = (
     "**Not a medical device.** A research demo trained on pediatric (age 1–5) anterior-posterior chest films "
-    "from one hospital. Do not use it to diagnose or treat anyone. On adults' films it does worse than chance "
-    "(ROC-AUC 0.43 on the maintainers' external adult set); it warns when a film looks unlike its training films, "
-    "which caught 88 % of the adult films we tried, not all."
+    "from one hospital. Do not use it to diagnose or treat anyone."
 )
 KEEP_FILES_SECONDS = int(os.environ.get("PNEUMO_KEEP_FILES_SECONDS", 600))  # uploads and outputs, then deleted
 OVERLAY_MAX_SIDE = 1024  # the page shows the overlay at most 360 px high
@@ -140,15 +140,54 @@ def preview(file: Optional[str]):
         return None
 
 
-def about(model_name: str) -> tuple[str, list]:
-    """The model card's text and plots for the About tab."""
+def privacy_line() -> str:
+    analytics = "on (the operator turned them on)" if os.environ.get("GRADIO_ANALYTICS_ENABLED", "").lower() in ("1", "true") else "off (`GRADIO_ANALYTICS_ENABLED=True` turns them on)"
+    return (
+        f"Uploaded films and their results are deleted from the server after {KEEP_FILES_SECONDS // 60} minutes; Gradio's usage analytics are {analytics}. "
+        "Patients' films belong on a local copy (`python app.py`), not on a public Space."
+    )
+
+
+def model_notice(folder: Optional[Path]) -> str:
+    """What the model folder says about films unlike its training films, for the notice: the maintainers' adult
+    figures (maintainers_results.json) and the domain check's own record (domain_check.json)."""
+    if folder is None:
+        return "This model was not measured on adults: expect it to fail on them."
+    adults = [row for row in (maintainers_results(folder) or {}).get("splits", []) if "adult" in row["name"]]
+    lines = [f"On adults' films it does no better than chance: ROC-AUC {row['roc_auc']:.2f} on the maintainers' {row['name']}, {row['films']} films." for row in adults]
+    if not adults:
+        lines.append("It was not measured on adults: expect it to fail on them.")
+    check_file = folder / "domain_check.json"
+    if not check_file.is_file():
+        return " ".join(lines + ["This model has no domain check: it does not warn when a film is unlike its training films."])
+    caught = [f"{100 * row['domain_warned']:.1f} % of that adult set" for row in adults if row.get("domain_warned") is not None]
+    reported = json.loads(check_file.read_text()).get("reported", {})
+    caught += [f"{100 * share['flagged']:.1f} % of {share['films']} {readable_split(name)}" for name, share in reported.items() if "adult" in name]
+    lines.append("It warns when a film looks unlike its training films" + (f": the warning caught {' and '.join(caught)}, not all." if caught else "."))
+    return " ".join(lines)
+
+
+def about(model_name: str) -> tuple[str, list, str]:
+    """The model card's text and plots for the About tab, and the notice's figures, all read from the model folder."""
     try:
         folder = get_predictor(model_name).folder
     except ModelError as error:
-        return f"**No model loaded.** {error}", []
+        return f"**No model loaded.** {error}", [], NOTICE
     card = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", card_text(folder) if folder else "")  # the plots are shown below
-    plots = [str(p) for p in sorted(folder.glob("*.png"))] if folder else []
-    return card, plots
+    plots = [(str(path), path.stem.replace("_", " ")) for path in plot_files(folder)] if folder else []
+    return card, plots, f"{NOTICE} {model_notice(folder)}\n\n{privacy_line()}"
+
+
+def plot_files(folder: Path) -> list[Path]:
+    """The folder's plots in the card's order: films it never saw, then validation, then anything else; each split's
+    ROC, confusion matrix and reliability diagram in that order."""
+
+    def rank(path: Path) -> tuple:
+        split = next((i for i, prefix in enumerate(("test_dev_", "validation_")) if path.name.startswith(prefix)), 2)
+        kind = next((i for i, name in enumerate(("roc_curve", "confusion_matrix", "reliability")) if path.stem.endswith(name)), 3)
+        return split, kind, path.name
+
+    return sorted(folder.glob("*.png"), key=rank)
 
 
 @lru_cache(maxsize=1)
@@ -173,7 +212,7 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
     examples, examples_note = find_examples(examples_dir or os.environ.get("PNEUMO_EXAMPLES_DIR"))
     with gr.Blocks(title="Pneumonia on chest X-rays", delete_cache=(max(1, KEEP_FILES_SECONDS // 2), KEEP_FILES_SECONDS)) as demo:
         gr.Markdown("# Pneumonia on chest X-rays\nDrop in a chest X-ray (JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM) to see NORMAL/PNEUMONIA and where the model looked.")
-        gr.Markdown(NOTICE, elem_id="notice")
+        notice = gr.Markdown(f"{NOTICE}\n\n{privacy_line()}", elem_id="notice")
         if not model_ready:
             gr.Markdown("**No model is set up.** Set `PNEUMO_MODEL` to a model folder or Hub id (e.g. `PNEUMO_MODEL=runs/b0 python app.py`).")
         with gr.Tab("Predict"):
@@ -200,7 +239,7 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
             more = gr.Gallery(label="More examples: the Hub data set's test split (click one)", visible=False, columns=8, height="auto", allow_preview=False)
         with gr.Tab("About this model"):
             card = gr.Markdown()
-            plots = gr.Gallery(label="Validation plots", columns=3, height="auto")
+            plots = gr.Gallery(label="Plots: the official test split's half A (films it never saw) first, then validation", columns=3, height="auto")
         upload.change(preview, inputs=upload, outputs=image, api_visibility="private")
         gr.on([button.click, upload.upload], predict, inputs=[upload, model], outputs=[label, heatmap, state], api_name="predict").then(
             describe, inputs=state, outputs=decision, api_visibility="private"
@@ -209,8 +248,8 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
         more.select(pick_more, outputs=upload, api_visibility="private").then(predict, inputs=[upload, model], outputs=[label, heatmap, state], api_visibility="private").then(
             describe, inputs=state, outputs=decision, api_visibility="private"
         )
-        model.change(about, inputs=model, outputs=[card, plots], api_visibility="private")
-        demo.load(about, inputs=model, outputs=[card, plots], api_visibility="private")
+        model.change(about, inputs=model, outputs=[card, plots, notice], api_visibility="private")
+        demo.load(about, inputs=model, outputs=[card, plots, notice], api_visibility="private")
         demo.load(more_examples, outputs=more, api_visibility="private")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     return demo

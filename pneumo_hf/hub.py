@@ -6,9 +6,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -21,14 +24,12 @@ from .labels import LABELS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubError", "hub_reachable", "write_model_card", "card_text", "push_folder"]
+__all__ = ["HubError", "hub_reachable", "maintainers_results", "readable_split", "weights_sha256", "write_model_card", "card_text", "push_folder"]
 
 DATASET_ID = "hf-vision/chest-xray-pneumonia"
 CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
-ADULT_FIGURE = (
-    "It learnt from children's films only; on an external adult set the maintainers measured pneumo-hf's "
-    "EfficientNet-B0 (the default model of commit 419459a, a member of the ensembles since) at ROC-AUC 0.43, worse than a coin."
-)
+SUMMARY_FILE = "training_summary.json"  # how a model folder was trained, written beside it by train.py and ensemble.py
+MAINTAINERS_FILE = "maintainers_results.json"  # figures measured by the maintainers on films the project never had
 
 
 class HubError(RuntimeError):
@@ -48,11 +49,21 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[str] = None) -> None:
-    """README.md from `model_card_template.md` through huggingface_hub's ModelCard: Hub metadata (`model-index` holds
-    the validation metrics) and the honest story of the model."""
-    metrics = summary["validation"]
-    model_name = model_id or Path(folder).name
+def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
+    """README.md of a model folder, written from the folder's own files through huggingface_hub's ModelCard and
+    `model_card_template.md`: training_summary.json (how it was trained), all_results.json (the figures),
+    domain_check.json, maintainers_results.json (when it is about these weights) and the plots present.
+
+        python train/write_card.py --model runs/b0 --test_dev_dir ../shared/data/chest_xray_224/test_dev   # again, by hand
+    """
+    folder = Path(folder)
+    summary = json.loads((folder / SUMMARY_FILE).read_text())
+    results = json.loads((folder / "all_results.json").read_text())
+    metrics, test_dev = _prefixed(results, "validation_"), _prefixed(results, "test_dev_") or None
+    domain_check = _readable_domain_check(json.loads((folder / "domain_check.json").read_text())) if (folder / "domain_check.json").is_file() else None
+    maintainers = maintainers_results(folder)
+    model_id = model_id or summary.get("model_id")
+    model_name = model_id or folder.name
     card_data = ModelCardData(
         license="cc-by-4.0",
         library_name="timm" if summary["family"] == "timm" else "transformers",
@@ -61,7 +72,7 @@ def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[s
         tags=["medical-imaging", "chest-x-ray", "pneumonia", "pneumo-hf"],
         model_name=model_name,
         base_model=_hub_id(summary.get("base_model")),
-        eval_results=_eval_results(metrics, summary.get("test_dev")),
+        eval_results=_eval_results(metrics, test_dev),
     )
     card = ModelCard.from_template(
         card_data,
@@ -78,19 +89,75 @@ def write_model_card(folder: Path, summary: dict[str, Any], model_id: Optional[s
         views_line=_views_line(summary["test_time_views"]),
         storage_line=_storage_line(summary["storage"]),
         confusion_matrix=metrics["confusion_matrix"],
-        failure_modes=_failure_modes(metrics["confusion_matrix"], summary.get("test_dev")),
-        test_dev=summary.get("test_dev"),
-        domain_check=summary.get("domain_check"),
+        failure_modes=_failure_modes(metrics["confusion_matrix"], test_dev, maintainers),
+        test_dev=test_dev,
+        test_dev_plots=_plots(folder, "test_dev", "official test split, half A"),
+        validation_plots=_plots(folder, "validation", "validation split") + _plots(folder, "training", "validation during training", ("curves",)),
+        maintainers=_maintainers_table(maintainers) if maintainers else None,
+        domain_check=domain_check,
         ensemble=summary["architecture"].startswith("pneumo_ensemble"),
-        training_curves=Path(folder, "training_curves.png").is_file(),
-        test_dev_dir=summary.get("test_dev_dir"),
-        test_dev_confusion=" ".join(str(count) for row in summary["test_dev"]["confusion_matrix"] for count in row) if summary.get("test_dev") else "",
+        test_dev_confusion=" ".join(str(count) for row in test_dev["confusion_matrix"] for count in row) if test_dev else "",
         model_path=model_id or "path/to/this/folder",
         plain_loading=_plain_loading(summary["family"], summary["architecture"]),
         labels=list(LABELS),
         **{key: summary[key] for key in ("input_size", "mean", "std", "loss", "class_weights", "epochs_run", "train_images", "train_seconds", "command")},
     )
-    card.save(Path(folder, "README.md"))
+    card.save(folder / "README.md")
+
+
+def weights_sha256(folder: Path) -> Optional[str]:
+    """The first 12 hex digits of the SHA-256 of the folder's model.safetensors, or None without one."""
+    weights = Path(folder, "model.safetensors")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else None
+
+
+def maintainers_results(folder: Path) -> Optional[dict[str, Any]]:
+    """maintainers_results.json: figures the maintainers measured on films the project never had, or None when the
+    folder has none or when they were measured on other weights (the file names the SHA-256 they were measured on)."""
+    path = Path(folder, MAINTAINERS_FILE)
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    if found.get("model_sha256") != weights_sha256(folder):
+        logger.warning("%s was measured on weights %s, not these (%s): not shown.", path, found.get("model_sha256"), weights_sha256(folder))
+        return None
+    return found
+
+
+def _maintainers_table(found: dict[str, Any]) -> dict[str, Any]:
+    def cell(row: dict[str, Any], key: str) -> str:
+        if row.get(key) is None:
+            return "—"
+        return f"{100 * row[key]:.1f} %" if key == "domain_warned" else f"{row[key]:g}"  # as precise as the maintainers gave it
+
+    keys = ("accuracy", "roc_auc", "sensitivity", "specificity", "ece", "domain_warned")
+    splits = [{"name": row["name"], "films": row["films"], "cells": [cell(row, key) for key in keys]} for row in found["splits"]]
+    return {**found, "splits": splits}
+
+
+def _prefixed(results: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {key[len(prefix):]: value for key, value in results.items() if key.startswith(prefix)}
+
+
+def _plots(folder: Path, prefix: str, split: str, names: Sequence[str] = ("roc_curve", "confusion_matrix", "reliability")) -> list[dict[str, str]]:
+    """The split's plots present in the folder, in the card's order, with their alt text."""
+    files = [(f"{prefix}_{name}.png", f"{name.replace('_', ' ')}, {split}") for name in names]
+    return [{"file": file, "alt": alt} for file, alt in files if (folder / file).is_file()]
+
+
+READABLE_SPLITS = {"test_dev": "official test split, half A", "adult_check": "adult films from other sources (adult_check)"}
+
+
+def readable_split(name: str) -> str:
+    """A data folder as a card reader knows it: `../shared/data/chest_xray_224/test_dev` is the official test
+    split, half A; other paths are shown by their last part only."""
+    last = Path(name).name if "/" in name else name
+    return READABLE_SPLITS.get(last, last)
+
+
+def _readable_domain_check(check: dict[str, Any]) -> dict[str, Any]:
+    reported = {readable_split(name): share for name, share in check.get("reported", {}).items()}
+    return {**check, "calibration": readable_split(check["calibration"]), "reported": reported}
 
 
 def _hub_id(base_model: Optional[str]) -> Optional[str]:
@@ -115,15 +182,17 @@ def card_text(folder: Path) -> str:
     return ModelCard.load(path).text if path.is_file() else "This model folder has no model card."
 
 
-def _failure_modes(confusion_matrix: list, test_dev: Optional[dict[str, Any]]) -> str:
+def _failure_modes(confusion_matrix: list, test_dev: Optional[dict[str, Any]], maintainers: Optional[dict[str, Any]]) -> str:
     (tn, fp), (fn, tp) = confusion_matrix
     lines = []
     if test_dev:
         (dev_tn, dev_fp), (dev_fn, dev_tp) = test_dev["confusion_matrix"]
         lines.append(f"- On the official test split, half A: {dev_fp} of {dev_fp + dev_tn} NORMAL children called PNEUMONIA, {dev_fn} of {dev_fn + dev_tp} PNEUMONIA films missed.")
+    adults = [row for row in (maintainers or {}).get("splits", []) if "adult" in row["name"]]
+    measured = "".join(f" On the {row['name']} the maintainers measured ROC-AUC {row['roc_auc']:.2f}; the domain check warned on {100 * row['domain_warned']:.1f} % of its films." for row in adults)
     lines += [
         f"- On validation, at the stored threshold: {fn} of {fn + tp} PNEUMONIA films missed, {fp} of {fp + tn} NORMAL films flagged.",
-        f"- **Adults: do not use it on them.** {ADULT_FIGURE}",
+        f"- **Adults: do not use it on them.** It learnt from children's films only.{measured}",
         f"- Not measured here: lateral or posterior-anterior films, other hospitals and scanners{'' if test_dev else ', the official test split'}.",
     ]
     return "\n".join(lines) + """

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from .domain import DOMAIN_WARNING, DomainCheck
+from .hub import weights_sha256
 from .imaging import ImageSource, load_image, xray_warnings
 from .labels import LABEL2ID, LABELS, POSITIVE_LABEL
 from .models import ModelError, PneumoniaClassifier, resolve_model_folder
@@ -72,8 +72,8 @@ class Predictor:
             return None
         if self.folder.parent.name == "snapshots":  # huggingface_hub's cache layout: snapshots/<commit>/
             return self.folder.name
-        weights = self.folder / "model.safetensors"
-        return "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else None
+        digest = weights_sha256(self.folder)
+        return f"sha256:{digest}" if digest else None
 
     def predict(self, source: ImageSource, heatmap: bool = False) -> Prediction:
         """One image: a path (any image type or DICOM), bytes, a PIL image or a numpy array."""

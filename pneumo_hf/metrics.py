@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -26,6 +26,8 @@ __all__ = [
     "probabilities",
     "plot_roc",
     "plot_confusion",
+    "plot_reliability",
+    "plot_split",
     "plot_history",
 ]
 
@@ -106,15 +108,43 @@ def _figure():
     return plt
 
 
-def plot_roc(labels: Sequence[int], scores: Sequence[float], path: Path, title: str = "ROC") -> None:
+def plot_roc(labels: Sequence[int], scores: Sequence[float], path: Path, title: str = "ROC", threshold: Optional[float] = None) -> None:
+    """The ROC curve, with the operating point of `threshold` marked when given."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     skm.RocCurveDisplay.from_predictions(labels, scores, ax=ax, name=LABELS[1])
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    if threshold is not None:
+        found = classification_metrics(labels, scores, threshold)
+        ax.plot(1 - found["specificity"], found["recall"], "o", color="crimson", label=f"threshold {threshold:.3f}")
+        ax.legend(loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_reliability(labels: Sequence[int], scores: Sequence[float], path: Path, title: str = "Reliability", n_bins: int = 10) -> None:
+    """Observed share of PNEUMONIA against the predicted probability, in the `n_bins` equal bins the ECE uses."""
+    from sklearn.calibration import CalibrationDisplay
+
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    CalibrationDisplay.from_predictions(labels, scores, n_bins=n_bins, ax=ax, name=f"ECE {expected_calibration_error(labels, scores, n_bins):.3f}")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_split(labels: Sequence[int], scores: Sequence[float], threshold: float, folder: Path, prefix: str, title: str) -> list[Path]:
+    """ROC with the operating point, confusion matrix at `threshold` and reliability diagram of one split, written to
+    `folder` as PREFIX_roc_curve.png, PREFIX_confusion_matrix.png and PREFIX_reliability.png."""
+    paths = [Path(folder, f"{prefix}_{name}.png") for name in ("roc_curve", "confusion_matrix", "reliability")]
+    plot_roc(labels, scores, paths[0], f"{title}: ROC", threshold)
+    plot_confusion(labels, scores, threshold, paths[1], title)
+    plot_reliability(labels, scores, paths[2], f"{title}: reliability")
+    return paths
 
 
 def plot_confusion(labels: Sequence[int], scores: Sequence[float], threshold: float, path: Path, title: str = "Confusion matrix") -> None:

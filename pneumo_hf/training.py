@@ -33,7 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 from . import metrics
 from .data import DataError, XrayDataset, class_weights, collate, load_evaluation_set, load_splits
 from .domain import fit_domain_check
-from .hub import push_folder, write_model_card
+from .hub import SUMMARY_FILE, push_folder, write_model_card
 from .labels import LABELS
 from .models import PneumoniaClassifier, build_classifier, head_of
 from .transforms import build_transform
@@ -421,10 +421,9 @@ def _resume(accelerator: Accelerator, checkpoint: str, output_dir: Path) -> _Sta
     return state
 
 
-def _fit_domain_check(run: _Run, output_dir: Path) -> dict[str, Any]:
+def _fit_domain_check(run: _Run, output_dir: Path) -> None:
     """The domain check (pneumo_hf.domain) fitted on the training films, its cut calibrated so that at most 5 % of
-    the validation split is flagged (train/fit_domain_check.py recalibrates it on other films); returns what it was
-    fitted and calibrated on, with its grid, for the model card."""
+    the validation split is flagged (train/fit_domain_check.py recalibrates it on other films)."""
 
     def batches(dataset: datasets.Dataset) -> list[torch.Tensor]:
         return [batch["pixel_values"] for batch in split_loader(run.classifier, dataset) if len(batch["pixel_values"])]
@@ -432,7 +431,6 @@ def _fit_domain_check(run: _Run, output_dir: Path) -> dict[str, Any]:
     check = fit_domain_check(run.classifier, batches(run.train_set), batches(run.validation_set), calibration_name="the run's validation split")
     check.save(output_dir)
     logger.info("Domain check fitted on %d training films; %.1f %% of validation flagged.", check.info["train_films"], 100 * check.info["calibration_flagged"])
-    return {"grid": check.grid, **check.info}
 
 
 def _test_dev_figures(classifier: PneumoniaClassifier, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -481,9 +479,11 @@ def _finish(run: _Run) -> dict[str, Any]:
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
     test_dev_found = _test_dev_figures(classifier, *test_dev[storage["dtype"]]) if test_dev else None
     classifier.save_pretrained(output_dir, half=storage["dtype"] == "float16")
-    domain_check = _fit_domain_check(run, output_dir)
-    metrics.plot_roc(labels, scores, output_dir / "roc_curve.png", "Validation ROC")
-    metrics.plot_confusion(labels, scores, classifier.threshold, output_dir / "confusion_matrix.png", "Validation")
+    _fit_domain_check(run, output_dir)
+    metrics.plot_split(labels, scores, classifier.threshold, output_dir, "validation", "Validation split")
+    if test_dev:
+        test_logits, test_labels = test_dev[storage["dtype"]]
+        metrics.plot_split(test_labels, metrics.probabilities(test_logits, classifier.temperature)[:, 1], classifier.threshold, output_dir, "test_dev", "Official test split, half A")
     metrics.plot_history(state.history, output_dir / "training_curves.png")
     results = {
         **{f"test_dev_{k}": v for k, v in (test_dev_found or {}).items()},
@@ -502,10 +502,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "training_args.json").write_text(json.dumps(asdict(args), indent=2))
     summary = {
-        "test_dev": test_dev_found,
-        "test_dev_dir": args.test_dev_dir,
-        "domain_check": domain_check,
-        "validation": found,
+        "model_id": args.hub_model_id,
         "family": classifier.family,
         "architecture": classifier.architecture,
         "trained_from_scratch": classifier.trained_from_scratch,
@@ -525,7 +522,8 @@ def _finish(run: _Run) -> dict[str, Any]:
         "train_seconds": state.train_seconds,
         "command": command,
     }
-    write_model_card(output_dir, summary, args.hub_model_id)
+    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    write_model_card(output_dir, args.hub_model_id)
     logger.info("Model folder written to %s (validation ROC-AUC %.4f, threshold %.4f).", output_dir, found["roc_auc"], classifier.threshold)
     if args.push_to_hub:
         push_folder(output_dir, args.hub_model_id, args.hub_token)

@@ -27,7 +27,7 @@ from pneumo_hf import metrics
 from pneumo_hf.data import DataError, load_evaluation_set
 from pneumo_hf.domain import CONFIG_FILE, WEIGHTS_FILE
 from pneumo_hf.ensemble import member_spec
-from pneumo_hf.hub import HubError, push_folder, write_model_card
+from pneumo_hf.hub import SUMMARY_FILE, HubError, push_folder, write_model_card
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
 from pneumo_hf.training import evaluate, score_split, split_loader, split_seed, validation_split_of
 from pneumo_hf.tta import VIEWS
@@ -135,6 +135,7 @@ def main(argv=None) -> int:
         saved = PneumoniaClassifier.from_pretrained(output).eval()
         test_scores, test_labels = score_split(saved, split_loader(saved, test_dev_set))
         test_dev = metrics.classification_metrics(test_labels, test_scores, saved.threshold)
+        metrics.plot_split(test_labels, test_scores, saved.threshold, output, "test_dev", "Official test split, half A")
         results = {**{f"test_dev_{key}": value for key, value in test_dev.items()}, **results}
     member_results = [json.loads((folder / "all_results.json").read_text()) for folder in folders]
     results.update(
@@ -148,13 +149,9 @@ def main(argv=None) -> int:
         **({"fp16_members": half, "fp16_max_probability_change": fp16_change} if args.save_fp16 else {}),
     )
     (output / "all_results.json").write_text(json.dumps(results, indent=2))
-    metrics.plot_roc(labels, scores, output / "roc_curve.png", "Validation ROC")
-    metrics.plot_confusion(labels, scores, classifier.threshold, output / "confusion_matrix.png", "Validation")
-    write_model_card(output, {
-        "test_dev": test_dev,
-        "test_dev_dir": args.test_dev_dir,
-        "domain_check": json.loads((output / CONFIG_FILE).read_text()) if (output / CONFIG_FILE).is_file() else None,
-        "validation": found,
+    metrics.plot_split(labels, scores, classifier.threshold, output, "validation", "Validation split")
+    summary = {
+        "model_id": args.hub_model_id,
         "family": "timm",
         "architecture": f"pneumo_ensemble({', '.join(member.architecture for member in members)})",
         "trained_from_scratch": classifier.trained_from_scratch,
@@ -174,7 +171,9 @@ def main(argv=None) -> int:
             f"# {name}: {member.architecture}, {result['epochs_run']} epochs\npython train/train.py {shlex.quote(str(folder / 'training_args.json'))}\n"
             for name, folder, member, result in zip(args.members, folders, members, member_results, strict=True)
         ) + "python train/ensemble.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-    }, args.hub_model_id)
+    }
+    (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    write_model_card(output, args.hub_model_id)
     print(f"wrote {output}: validation ROC-AUC {found['roc_auc']:.4f}, threshold {classifier.threshold:.4f}" + (f"; test_dev ROC-AUC {test_dev['roc_auc']:.4f}, accuracy {test_dev['accuracy']:.4f}" if test_dev else ""))
     if args.push_to_hub:
         try:

@@ -1,0 +1,94 @@
+"""One source for every number a visitor reads: the page's notice, the About tab, the model card and the README's
+results table all come from the model folder (card, all_results.json, domain_check.json, maintainers_results.json)."""
+
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from pneumo_hf.hub import maintainers_results, weights_sha256
+from pneumo_hf.inference import DEFAULT_MODEL_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = json.loads((DEFAULT_MODEL_DIR / "all_results.json").read_text())
+DOMAIN = json.loads((DEFAULT_MODEL_DIR / "domain_check.json").read_text())
+MAINTAINERS = json.loads((DEFAULT_MODEL_DIR / "maintainers_results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def app():
+    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get("app")
+    sys.modules["app"] = module  # Gradio reads the source of app's component classes
+    spec.loader.exec_module(module)
+    yield module
+    if previous is None:
+        sys.modules.pop("app")
+    else:
+        sys.modules["app"] = previous
+
+
+def adult_check_share() -> dict:
+    return next(share for name, share in DOMAIN["reported"].items() if "adult_check" in name)
+
+
+def test_the_notice_reads_its_figures_from_the_model_folder(app):
+    card, plots, notice = app.about(app.DEFAULT)
+    adults = MAINTAINERS["splits"][1]
+    assert "Not a medical device" in notice
+    assert f"ROC-AUC {adults['roc_auc']:.2f} on the maintainers' {adults['name']}, {adults['films']} films" in notice
+    assert f"{100 * adults['domain_warned']:.1f} % of that adult set" in notice
+    assert f"{100 * adult_check_share()['flagged']:.1f} % of {adult_check_share()['films']} adult films" in notice
+    assert "analytics are off" in notice and f"after {app.KEEP_FILES_SECONDS // 60} minutes" in notice
+    assert [Path(path).name for path, _ in plots][:3] == ["test_dev_roc_curve.png", "test_dev_confusion_matrix.png", "test_dev_reliability.png"]
+    assert "## How to use" in card
+
+
+def test_the_notice_follows_the_folder_when_its_record_changes(app, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    changed = {**DOMAIN, "reported": {"../shared/data/adult_check": {"films": 10, "flagged": 0.5}}}
+    (folder / "domain_check.json").write_text(json.dumps(changed))
+    notice = app.model_notice(folder)
+    assert "50.0 % of 10 adult films" in notice and "not measured on adults" in notice  # no maintainers' figures here
+    (folder / "domain_check.json").unlink()
+    assert "has no domain check" in app.model_notice(folder)
+
+
+def test_the_maintainers_figures_are_shown_only_for_the_weights_they_were_measured_on(tmp_path):
+    assert MAINTAINERS["model_sha256"] == weights_sha256(DEFAULT_MODEL_DIR) and maintainers_results(DEFAULT_MODEL_DIR) == MAINTAINERS
+    shutil.copy(DEFAULT_MODEL_DIR / "maintainers_results.json", tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    assert maintainers_results(tmp_path) is None
+
+
+def test_the_shipped_card_leads_with_how_to_use_then_films_it_never_saw():
+    card = ModelCard.load(DEFAULT_MODEL_DIR / "README.md")
+    headings = ["## How to use", "## Figures on films it never saw", "## Measured by the maintainers", "## Validation figures", "## Domain check"]
+    assert [card.text.index(heading) for heading in headings] == sorted(card.text.index(heading) for heading in headings)
+    prose = re.sub(r"```.*?```", "", card.text, flags=re.S)  # the commands that made it keep their arguments
+    assert "../shared" not in prose and "Official test split, half A (312 images)" in prose
+    row = " | ".join(f"{RESULTS[f'test_dev_{key}']:.3f}" for key in ("accuracy", "roc_auc", "recall", "specificity", "ece"))
+    assert f"| {row} |" in card.text
+    for plot in re.findall(r"\]\(([^)]+\.png)\)", card.text):
+        assert (DEFAULT_MODEL_DIR / plot).is_file(), plot
+    half_b = MAINTAINERS["splits"][0]
+    assert f"| {half_b['name']} | {half_b['films']} | {half_b['accuracy']:g} | {half_b['roc_auc']:g} |" in card.text
+
+
+def test_the_readme_results_table_quotes_the_model_folder():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Results", 1)[1].split("\n## ", 1)[0]
+    half_b, adults = MAINTAINERS["splits"]
+    test_dev = " | ".join(f"{RESULTS[f'test_dev_{key}']:.3f}" for key in ("accuracy", "roc_auc", "recall", "specificity", "ece"))
+    assert f"| {test_dev} |" in table
+    assert " | ".join(f"{half_b[key]:.3f}" for key in ("accuracy", "roc_auc", "sensitivity", "specificity", "ece")) in table
+    assert f"{adults['roc_auc']:.2f}" in table and f"{100 * adults['domain_warned']:.1f} %" in table
+    assert f"{100 * half_b['domain_warned']:.1f} %" in table and f"{100 * DOMAIN['calibration_flagged']:.1f} %" in table
+    assert MAINTAINERS["model_sha256"] in table
