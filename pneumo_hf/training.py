@@ -170,8 +170,8 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, views: Sequence
 def score_split(classifier: PneumoniaClassifier, batches, accelerator: Optional[Accelerator] = None, views: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated PNEUMONIA probabilities and labels of a split, as `load_predictor()` scores each film: the model's
     stored test-time views (unless `views` are given) and temperature. `batches`: a loader of `XrayDataset`
-    batches, or any iterable of such batches (train/occlusion.py greys them first). The one scoring used by
-    `pneumo-hf evaluate`, train/compare.py and train/occlusion.py."""
+    batches, or any iterable of such batches (train/experiments/occlusion.py greys them first). The one scoring used by
+    `pneumo-hf evaluate`, train/experiments/compare.py and train/experiments/occlusion.py."""
     views = classifier.test_time_views if views is None else views
     logits, labels = evaluate(classifier, batches, accelerator or Accelerator(), views)
     return metrics.probabilities(logits, classifier.temperature)[:, 1], labels

@@ -236,7 +236,7 @@ def test_ablation_sweep_tables_mean_and_spread_and_skips_finished_runs(tmp_path,
         "seeds": [1, 2],
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    command = [sys.executable, str(ROOT / "train" / "ablate.py"), str(tmp_path / "spec.json"), "--train_dir", str(image_folder), "--output_dir", str(tmp_path / "sweep"),
+    command = [sys.executable, str(ROOT / "train" / "experiments" / "ablate.py"), str(tmp_path / "spec.json"), "--train_dir", str(image_folder), "--output_dir", str(tmp_path / "sweep"),
                "--test_dev_dir", str(image_folder)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -258,7 +258,7 @@ def test_compare_tables_each_run_and_the_spread_over_seeds(tmp_path, trained_fol
     results["validation_roc_auc"] = first_auc - 0.1
     (second_seed / "all_results.json").write_text(json.dumps(results))
     image = next((image_folder / "NORMAL").iterdir())
-    command = [sys.executable, str(ROOT / "train" / "compare.py"), str(trained_folder), str(second_seed), "--image", str(image), "--repeats", "1"]
+    command = [sys.executable, str(ROOT / "train" / "experiments" / "compare.py"), str(trained_folder), str(second_seed), "--image", str(image), "--repeats", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| resnet18 @32")]
@@ -273,7 +273,7 @@ def test_compare_leads_with_test_dev_figures_as_scikit_learn_counts_them(trained
     from pneumo_hf import load_predictor
 
     image = next((image_folder / "NORMAL").iterdir())
-    command = [sys.executable, str(ROOT / "train" / "compare.py"), str(trained_folder), "--image", str(image), "--repeats", "1", "--test_dev_dir", str(image_folder)]
+    command = [sys.executable, str(ROOT / "train" / "experiments" / "compare.py"), str(trained_folder), "--image", str(image), "--repeats", "1", "--test_dev_dir", str(image_folder)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     header = next(line for line in result.stdout.splitlines() if line.startswith("| model @input | seed"))
@@ -292,7 +292,7 @@ def test_refit_check_measures_the_stored_threshold_on_patient_halves(trained_fol
 
     from pneumo_hf.data import load_evaluation_set
 
-    command = [sys.executable, str(ROOT / "train" / "refit_check.py"), "--model", str(trained_folder), "--data_dir", str(image_folder), "--repeats", "2", "--min_sensitivity", "0.9"]
+    command = [sys.executable, str(ROOT / "train" / "experiments" / "refit_check.py"), "--model", str(trained_folder), "--data_dir", str(image_folder), "--repeats", "2", "--min_sensitivity", "0.9"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith(("| stored", "| refit"))]
@@ -307,12 +307,12 @@ def test_refit_check_measures_the_stored_threshold_on_patient_halves(trained_fol
 
 
 def test_occlusion_tables_each_greyed_border(trained_folder):
-    result = subprocess.run([sys.executable, str(ROOT / "train" / "occlusion.py"), "--model", str(trained_folder), "--fraction", "0.25"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, str(ROOT / "train" / "experiments" / "occlusion.py"), "--model", str(trained_folder), "--fraction", "0.25"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row.split(" | ")[0].strip("| ") for row in rows] == ["none", "left", "right", "top", "bottom"]
     assert rows[0].endswith("| 0.0000 | 0 of 6 | 0 of 6 |")
-    missing = subprocess.run([sys.executable, str(ROOT / "train" / "occlusion.py"), "--model", str(ROOT / "tests")], capture_output=True, text=True, timeout=300)
+    missing = subprocess.run([sys.executable, str(ROOT / "train" / "experiments" / "occlusion.py"), "--model", str(ROOT / "tests")], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "no config.json" in missing.stderr
 
 

@@ -1,7 +1,7 @@
 """Recipe ablation: every variant of a JSON spec × every seed through train/train.py, then mean ± sd.
 
-    python train/ablate.py train/ablation.json --train_dir ../shared/data/chest_xray_224/train --output_dir runs/ablation
-    python train/ablate.py train/families.json --train_dir ../shared/data/chest_xray_224/train --output_dir runs/families \
+    python train/experiments/ablate.py train/experiments/ablation.json --train_dir ../shared/data/chest_xray_224/train --output_dir runs/ablation
+    python train/experiments/ablate.py train/experiments/families.json --train_dir ../shared/data/chest_xray_224/train --output_dir runs/families \
         --test_dev_dir ../shared/data/chest_xray_224/test_dev
 
 Runs go seed by seed (all variants of the first seed, then the next), so a stopped sweep still
@@ -21,7 +21,7 @@ from typing import Optional
 from pneumo_hf.commands import evaluate
 from pneumo_hf.metrics import mean_and_spread
 
-TRAIN = Path(__file__).resolve().parent / "train.py"
+TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 COLUMNS = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "recall": "sensitivity", "specificity": "specificity", "ece": "ECE"}
 
 

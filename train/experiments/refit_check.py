@@ -1,6 +1,6 @@
 """Would fitting the temperature and threshold on test-like films beat the stored ones (fitted on validation)?
 
-    python train/refit_check.py --model pneumo_hf/default_model --data_dir ../shared/data/chest_xray_224/test_dev
+    python train/experiments/refit_check.py --model pneumo_hf/default_model --data_dir ../shared/data/chest_xray_224/test_dev
 
 Cross-fits on the given films: splits them in two halves by patient (stratified by class), fits temperature and
 threshold (the most specific one keeping sensitivity ≥ each --min_sensitivity) on one half and measures the other,

@@ -3,7 +3,7 @@ side greyed out (the normalised mean): ROC-AUC, mean change of the PNEUMONIA pro
 decisions that change at the stored threshold, each way. A shortcut through markers or collimation
 edges shows up as a large drop.
 
-    python train/occlusion.py --model pneumo_hf/default_model --fraction 0.12
+    python train/experiments/occlusion.py --model pneumo_hf/default_model --fraction 0.12
 """
 
 import argparse

@@ -2,7 +2,7 @@
 given, validation figures, seed, size, CPU latency, command), then mean ± sd per model over the folders that
 share one. test_dev figures are measured as `pneumo-hf evaluate` measures them (`pneumo_hf.training.score_split`).
 
-    python train/compare.py runs/b0 runs/resnet50 --image pneumo_hf/example_films/PNEUMONIA/person545_bacteria_2288.jpeg \
+    python train/experiments/compare.py runs/b0 runs/resnet50 --image pneumo_hf/example_films/PNEUMONIA/person545_bacteria_2288.jpeg \
         --test_dev_dir ../shared/data/chest_xray_224/test_dev
 """
 
