@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -21,6 +22,8 @@ MAX_PIXELS = 60_000_000
 MIN_SIDE = 16
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ImageError", "load_image", "is_dicom_file", "xray_warnings", "IMAGE_SUFFIXES", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
 
@@ -138,18 +141,32 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round((np.nan_to_num(array, nan=low) - low) * 255.0 / (high - low)).astype(np.uint8)
 
 
+DICOM_KEYWORDS = ("PixelData", "SOPClassUID", "Modality", "Rows", "StudyInstanceUID", "PatientID")  # any real data set has some
+
+
 def _from_dicom(data: bytes) -> Image.Image:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    has_header = data[128:132] == b"DICM"
+    if not has_header and _is_encoded_image(data):  # a JPEG or PNG saved under a .dcm name
+        return _from_encoded(data)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as error:  # pydicom raises many types for damaged files
+        if not has_header:
+            raise ImageError(NOT_DICOM) from error
         raise ImageError(f"This DICOM file cannot be read ({type(error).__name__}); export it again from the PACS.") from error
+    if not has_header and not _has_dicom_elements(dataset):
+        raise ImageError(NOT_DICOM)
     if "PixelData" not in dataset:
         raise ImageError("This DICOM file holds no image (no Pixel Data element); upload the DICOM of the X-ray itself, not a report or structured document.")
-    rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    if not rows or not columns:
+        raise ImageError(f"This DICOM file's image is {columns}×{rows} pixels: it holds no picture; export the X-ray again from the PACS.")
     _check_pixels(columns, rows)
+    _guess_transfer_syntax(dataset)
+    _check_pixel_length(dataset, rows, columns)
     try:
         pixels = dataset.pixel_array  # compressed syntaxes through pylibjpeg (libjpeg, openjpeg) and pydicom's own RLE
     except Exception as error:
@@ -166,6 +183,54 @@ def _from_dicom(data: bytes) -> Image.Image:
         if photometric == "MONOCHROME1":
             pixels = 1.0 - pixels
     return _from_array(pixels)
+
+
+NOT_DICOM = ("This file is named like a DICOM file but is not one (no DICOM header, no DICOM elements); upload the X-ray "
+             "as the PACS exports it, or as a JPEG or PNG.")
+
+
+def _is_encoded_image(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except Exception:  # PIL raises many types for what it cannot read
+        return False
+    return True
+
+
+def _has_dicom_elements(dataset) -> bool:
+    """Whether a file read without a DICOM header holds real DICOM elements, not bytes parsed as tags."""
+    try:
+        return any(keyword in dataset for keyword in DICOM_KEYWORDS)
+    except Exception:  # garbage parsed as tags can fail on access
+        return False
+
+
+def _guess_transfer_syntax(dataset) -> None:
+    """A data set written without its 128-byte preamble and file meta (older modalities do this) has no transfer
+    syntax; take the one pydicom read it with (implicit or explicit VR, little or big endian)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(dataset, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" in meta:
+        return
+    implicit, little_endian = dataset.original_encoding
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
+    dataset.file_meta = meta
+    logger.info("DICOM without file meta: read as %s.", meta.TransferSyntaxUID.name)
+
+
+def _check_pixel_length(dataset, rows: int, columns: int) -> None:
+    """Uncompressed pixel data shorter than its image needs: a file cut short in transfer."""
+    if dataset.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    samples, bits = int(dataset.get("SamplesPerPixel", 1) or 1), int(dataset.get("BitsAllocated", 8) or 8)
+    needed = rows * columns * samples * frames * bits // 8
+    held = len(dataset.PixelData)
+    if held < needed:
+        raise ImageError(f"This DICOM file is cut short: it holds {held:,} of the {needed:,} bytes its image needs; copy or export it again.")
 
 
 def xray_warnings(image: Image.Image) -> list[str]:

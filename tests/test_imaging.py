@@ -119,6 +119,55 @@ def test_dicom_without_pixels_is_refused():
         load_image(make_dicom(GREY, with_pixels=False))
 
 
+def raw_dicom(implicit_vr: bool) -> bytes:
+    """A data set written without the 128-byte preamble and file meta, as older modalities write it."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    dataset = dicom_dataset(GREY)
+    del dataset.file_meta
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit_vr
+    write_dataset(buffer, dataset)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("implicit_vr", [True, False], ids=["implicit_vr", "explicit_vr"])
+def test_dicom_without_preamble_and_file_meta_is_read_as_the_film(tmp_path, implicit_vr):
+    path = tmp_path / "old_modality.dcm"
+    path.write_bytes(raw_dicom(implicit_vr))
+    assert np.array_equal(np.asarray(load_image(path).convert("L")), np.asarray(load_image(make_dicom(GREY)).convert("L")))
+
+
+def test_compressed_garbage_named_dcm_is_not_a_dicom_file(tmp_path):
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(zlib.compress(np.random.default_rng(0).bytes(5000)))
+    with pytest.raises(ImageError, match="named like a DICOM file but is not one"):
+        load_image(path)
+
+
+def test_a_jpeg_named_dcm_is_read_as_the_jpeg(tmp_path):
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(encode(Image.fromarray(GREY), "PNG"))
+    assert np.array_equal(np.asarray(load_image(path).convert("L")), GREY)
+
+
+def test_dicom_cut_short_says_so_in_plain_words():
+    data = make_dicom(GREY)
+    with pytest.raises(ImageError, match=r"cut short: it holds [\d,]+ of the [\d,]+ bytes its image needs") as caught:
+        load_image(data[:-500])
+    assert "0028" not in str(caught.value) and "dataset" not in str(caught.value)
+
+
+@pytest.mark.parametrize("rows, columns", [(0, GREY.shape[1]), (GREY.shape[0], 0)])
+def test_zero_size_dicom_image_says_it_holds_no_picture(rows, columns):
+    dataset = dicom_dataset(GREY)
+    dataset.Rows, dataset.Columns = rows, columns
+    with pytest.raises(ImageError, match="holds no picture") as caught:
+        load_image(dicom_bytes(dataset))
+    assert "(0028," not in str(caught.value)
+
+
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
     def chunk(kind: bytes, body: bytes) -> bytes:
