@@ -160,7 +160,8 @@ def model_notice(folder: Optional[Path]) -> str:
     check_file = folder / "domain_check.json"
     if not check_file.is_file():
         return " ".join(lines + ["This model has no domain check: it does not warn when a film is unlike its training films."])
-    caught = [f"{100 * row['domain_warned']:.1f} % of that adult set" for row in adults if row.get("domain_warned") is not None]
+    earlier = " with an earlier, stricter cut" if (maintainers_results(folder) or {}).get("earlier_domain_check") else ""
+    caught = [f"{100 * row['domain_warned']:.1f} % of that adult set{earlier}" for row in adults if row.get("domain_warned") is not None]
     reported = json.loads(check_file.read_text()).get("reported", {})
     caught += [f"{100 * share['flagged']:.1f} % of {share['films']} {readable_split(name)}" for name, share in reported.items() if "adult" in name]
     lines.append("It warns when a film looks unlike its training films" + (f": the warning caught {' and '.join(caught)}, not all." if caught else "."))

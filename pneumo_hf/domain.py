@@ -32,7 +32,7 @@ from .models import PneumoniaClassifier
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DOMAIN_WARNING", "DomainCheck", "default_grid", "first_convolution", "film_statistics", "fit_domain_check"]
+__all__ = ["DOMAIN_WARNING", "DOMAIN_WARNINGS", "INVERTED_WARNING", "VERY_UNLIKE_WARNING", "DomainCheck", "crossfit_flagged", "cut_for", "default_grid", "first_convolution", "film_statistics", "fit_domain_check"]
 
 WEIGHTS_FILE, CONFIG_FILE = "domain_check.safetensors", "domain_check.json"
 FEATURES = "first-conv channel mean, std, grid mean and mean magnitude (v2)"
@@ -43,6 +43,19 @@ DOMAIN_WARNING = (
     "This film does not look like the children's frontal chest X-rays the model was trained on "
     "(an adult, another view or body part, an edited image, or not an X-ray?): do not trust this result."
 )
+INVERTED_WARNING = (
+    "This film looks inverted (bones dark, air light), unlike the training films: export it as the PACS shows it "
+    "and upload it again; do not trust this result."
+)
+VERY_UNLIKE_WARNING = (
+    "This image is very unlike a child's chest X-ray (a photo, a document, a screenshot or another body part?): "
+    "do not trust this result."
+)
+DOMAIN_WARNINGS = (DOMAIN_WARNING, INVERTED_WARNING, VERY_UNLIKE_WARNING)
+# Distances over this many cuts are "very unlike": no film of test_dev or the validation split lies beyond 1.7 cuts of
+# the shipped check, every generated document and noise image of train/fit_domain_check.py and 9 of 10 screenshots
+# beyond 2 (docs/domain-check.md). Inverted films are told by their negative instead.
+VERY_UNLIKE_CUTS = 2.0
 
 
 def first_convolution(classifier: PneumoniaClassifier) -> Optional[nn.Conv2d]:
@@ -87,6 +100,15 @@ class DomainCheck:
     def flags(self, pixel_values: torch.Tensor) -> list[bool]:
         return [bool(distance > self.cut) for distance in self.distances(pixel_values)]
 
+    def warning(self, distance: float, inverted_distance: Optional[float] = None) -> Optional[str]:
+        """The sentence for a film at `distance` (None when it passes), naming the reason where the check can: a film
+        whose negative (`inverted_distance`) passes is inverted; one far over the cut is very unlike any chest film."""
+        if distance <= self.cut:
+            return None
+        if inverted_distance is not None and inverted_distance <= self.cut:
+            return INVERTED_WARNING
+        return VERY_UNLIKE_WARNING if distance > VERY_UNLIKE_CUTS * self.cut else DOMAIN_WARNING
+
     def save(self, folder: Path) -> None:
         save_file({name: tensor.contiguous() for name, tensor in self.statistics.items()}, str(Path(folder, WEIGHTS_FILE)))
         Path(folder, CONFIG_FILE).write_text(json.dumps({"features": FEATURES, "grid": self.grid, "cut": self.cut, **self.info}, indent=2))
@@ -104,6 +126,25 @@ class DomainCheck:
             logger.warning("%s has a domain check of another kind (%s); it is not used (refit it with train/fit_domain_check.py).", folder, settings.get("features"))
             return None
         return cls(conv, load_file(str(weights)), float(settings.pop("cut")), settings, grid=int(settings.pop("grid")))
+
+
+def cut_for(distances: np.ndarray, max_flagged: float) -> float:
+    """The smallest cut that flags at most `max_flagged` of `distances` (a film is flagged when over the cut)."""
+    allowed = int(np.floor(max_flagged * len(distances)))  # films that may lie over the cut
+    return float(np.sort(distances)[len(distances) - allowed - 1])
+
+
+def crossfit_flagged(distances: np.ndarray, groups: Sequence[str], labels: Sequence[int], max_flagged: float, repeats: int = 10, seed: int = 0) -> list[float]:
+    """What the cut flags on films it was not set on: the films split in patient-grouped, class-stratified halves
+    `repeats` times; each time the cut is set on one half and counted on the other, both ways round."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    shares = []
+    for repeat in range(repeats):
+        halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed + repeat)
+        for fit, held in halves.split(distances, labels, groups):
+            shares.append(float(np.mean(distances[held] > cut_for(distances[fit], max_flagged))))
+    return shares
 
 
 def fit_domain_check(
@@ -135,8 +176,7 @@ def fit_domain_check(
     }
     check = DomainCheck(conv, statistics, cut=float("inf"), info={}, grid=grid)
     calibration = np.concatenate([check.distances(batch) for batch in calibration_batches])
-    allowed = int(np.floor(max_flagged * len(calibration)))  # films that may lie over the cut
-    check.cut = float(np.sort(calibration)[len(calibration) - allowed - 1])
+    check.cut = cut_for(calibration, max_flagged)
     check.info = {
         "train_films": len(train),
         "calibration": calibration_name,

@@ -121,7 +121,10 @@ def maintainers_results(folder: Path) -> Optional[dict[str, Any]]:
     if found.get("model_sha256") != weights_sha256(folder):
         logger.warning("%s was measured on weights %s, not these (%s): not shown.", path, found.get("model_sha256"), weights_sha256(folder))
         return None
-    return found
+    check = Path(folder, "domain_check.json")
+    cut = json.loads(check.read_text()).get("cut") if check.is_file() else None
+    # the domain-warning shares belong to the check they were measured with, which may have been refitted since
+    return {**found, "earlier_domain_check": found.get("domain_check_cut") is not None and found["domain_check_cut"] != cut, "current_cut": cut}
 
 
 def _maintainers_table(found: dict[str, Any]) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from .domain import DOMAIN_WARNING, DomainCheck
+from .domain import DomainCheck
 from .hub import weights_sha256
 from .imaging import ImageSource, load_image, xray_warnings
 from .labels import LABEL2ID, LABELS, POSITIVE_LABEL
@@ -91,8 +91,18 @@ class Predictor:
         scores, maps = self.scores(pixel_values, heatmap)
         warnings = warnings if warnings is not None else [xray_warnings(image) for image in images]
         if self.domain is not None:
-            warnings = [[DOMAIN_WARNING, *notes] if unlike else list(notes) for unlike, notes in zip(self.domain.flags(pixel_values), warnings, strict=True)]
+            sentences = self.domain_warnings(images, pixel_values)
+            warnings = [[sentence, *notes] if sentence else list(notes) for sentence, notes in zip(sentences, warnings, strict=True)]
         return [self._prediction(*row) for row in zip(images, scores, maps, warnings, strict=True)]
+
+    def domain_warnings(self, images: Sequence[Image.Image], pixel_values: torch.Tensor) -> list[Optional[str]]:
+        """The domain check's sentence for each film (None when it looks like the training films); a flagged film's
+        negative is checked too, to tell an inverted film."""
+        distances = self.domain.distances(pixel_values)
+        flagged = [i for i, distance in enumerate(distances) if distance > self.domain.cut]
+        negatives = [self.transform(ImageOps.invert(images[i].convert("RGB"))) for i in flagged]
+        inverted = dict(zip(flagged, self.domain.distances(torch.stack(negatives)), strict=True)) if flagged else {}
+        return [self.domain.warning(float(distance), inverted.get(i)) for i, distance in enumerate(distances)]
 
     def scores(self, pixel_values: torch.Tensor, heatmap: bool = False) -> tuple[np.ndarray, list[Optional[np.ndarray]]]:
         """Calibrated probabilities (batch, 2) of a normalised batch, averaged over the stored test-time views, and

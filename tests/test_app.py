@@ -187,14 +187,14 @@ def test_label_heading_is_the_decision_not_the_largest_confidence(default_server
     assert details["model"]["name"] == "pneumo_hf default model"
 
 
-def test_a_film_unlike_the_training_films_gets_the_domain_warning(default_server, tmp_path):
+def test_an_inverted_film_gets_the_domain_warning_naming_it(default_server, tmp_path):
     from gradio_client import Client, handle_file
 
-    from pneumo_hf.domain import DOMAIN_WARNING
+    from pneumo_hf.domain import INVERTED_WARNING
 
     Image.fromarray(255 - np.asarray(Image.open(find_examples()[0][0]).convert("L"))).save(tmp_path / "negative.png")
     details = Client(default_server, verbose=False).predict(handle_file(str(tmp_path / "negative.png")), api_name="/details")
-    assert details["warnings"][0] == DOMAIN_WARNING
+    assert details["warnings"][0] == INVERTED_WARNING
 
 
 def test_uploads_and_outputs_leave_the_server_after_the_set_time(default_server, default_app_dir, tmp_path):

@@ -15,7 +15,17 @@ from conftest import xray_like
 from PIL import Image, ImageDraw, ImageOps
 
 from pneumo_hf import load_predictor
-from pneumo_hf.domain import DOMAIN_WARNING, MAX_FEATURES, DomainCheck, default_grid, film_statistics, fit_domain_check
+from pneumo_hf.domain import (
+    DOMAIN_WARNING,
+    DOMAIN_WARNINGS,
+    INVERTED_WARNING,
+    MAX_FEATURES,
+    VERY_UNLIKE_WARNING,
+    DomainCheck,
+    default_grid,
+    film_statistics,
+    fit_domain_check,
+)
 from pneumo_hf.examples import find_examples
 from pneumo_hf.inference import Predictor
 from pneumo_hf.models import PneumoniaClassifier, build_classifier
@@ -42,13 +52,20 @@ def shipped():
     return load_predictor()
 
 
-def test_shipped_check_flags_non_xrays_and_an_inverted_film(shipped):
+def test_shipped_check_flags_non_xrays_and_an_inverted_film_naming_the_reason(shipped):
     assert shipped.domain is not None and shipped.domain.info["calibration_flagged"] <= 0.05
     for name, image in not_xrays().items():
-        assert DOMAIN_WARNING in shipped.predict(image).warnings, name
+        assert shipped.predict(image).warnings[0] in DOMAIN_WARNINGS, name
+    assert shipped.predict(not_xrays()["document"]).warnings[0] == VERY_UNLIKE_WARNING
     film = Image.open(find_examples()[0][-1])
-    assert DOMAIN_WARNING not in shipped.predict(film).warnings
-    assert DOMAIN_WARNING in shipped.predict(ImageOps.invert(film.convert("RGB"))).warnings
+    assert not set(DOMAIN_WARNINGS) & set(shipped.predict(film).warnings)
+    assert shipped.predict(ImageOps.invert(film.convert("RGB"))).warnings[0] == INVERTED_WARNING
+
+
+def test_the_sentence_names_the_reason_the_distances_give():
+    check = DomainCheck(None, {}, cut=10.0, info={}, grid=1)
+    assert check.warning(9.0) is None and check.warning(12.0) == DOMAIN_WARNING and check.warning(12.0, inverted_distance=15.0) == DOMAIN_WARNING
+    assert check.warning(12.0, inverted_distance=8.0) == INVERTED_WARNING and check.warning(25.0) == VERY_UNLIKE_WARNING
 
 
 def test_shipped_check_passes_ordinary_films(shipped):
@@ -84,7 +101,7 @@ def test_a_folder_without_a_check_loads_predicts_and_says_so(tmp_path, caplog):
         predictor = load_predictor(tmp_path)
     assert predictor.domain is None and "has no domain check" in caplog.text
     assert DomainCheck.load(tmp_path, PneumoniaClassifier.from_pretrained(tmp_path)) is None
-    assert DOMAIN_WARNING not in predictor.predict(not_xrays()["noise"]).warnings  # nothing to check with
+    assert not set(DOMAIN_WARNINGS) & set(predictor.predict(not_xrays()["noise"]).warnings)  # nothing to check with
 
 
 @pytest.mark.parametrize(("channels", "grid"), [(32, 4), (64, 3), (192, 2), (1024, 1)])
@@ -97,18 +114,24 @@ def test_wide_first_layers_get_a_coarser_grid(channels, grid):
 
 
 def test_the_fitting_script_refits_a_model_folder_and_reports_each_set(trained_folder, image_folder, tmp_path):
-    folder = tmp_path / "copy"
+    folder, calibration = tmp_path / "copy", tmp_path / "calibration"
     shutil.copytree(trained_folder, folder)
+    shutil.copytree(image_folder, calibration)
     script = [sys.executable, str(ROOT / "train" / "fit_domain_check.py"), "--model", str(folder)]
-    flags = ["--calibration_dir", str(image_folder), "--report_dir", str(image_folder), "--grid", "2", "--shrinkage", "0.1", "--max_train_films", "10"]
+    flags = ["--calibration_dir", str(calibration), "--pool_validation", "--max_flagged", "0.1", "--report_dir", str(image_folder),
+             "--grid", "2", "--shrinkage", "0.1", "--max_train_films", "10", "--crossfit_repeats", "3"]
     result = subprocess.run(script + flags, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(path.name for path in calibration.iterdir()) == ["NORMAL", "PNEUMONIA"]  # the check goes to the model folder only
     stored = json.loads((folder / "domain_check.json").read_text())
     assert (stored["grid"], stored["shrinkage"], stored["train_films"]) == (2, 0.1, 10)
-    shares = {name: float(share) for name, _, share in (line.rsplit(maxsplit=2) for line in result.stdout.splitlines()[2:-1])}
-    assert shares["the run's validation split"] >= 0 and shares[str(image_folder)] <= 0.05  # the calibration films themselves
+    assert stored["calibration"] == "calibration + the run's validation split" and stored["calibration_films"] == 24 + 6
+    assert stored["calibration_flagged"] <= 0.1 and stored["crossfit_flagged"]["halves"] == 6 and 0 <= stored["crossfit_flagged"]["mean"] <= 1
+    lines = [line for line in result.stdout.splitlines()[2:-1] if not line.startswith(("calibration:", "cross-fit:"))]
+    shares = {name: float(share) for name, _, share in (line.rsplit(maxsplit=2) for line in lines)}
+    assert shares["the run's validation split"] >= 0 and "train" in shares and "calibration" in shares
     assert shares["generated: noise"] == shares["generated: document"] == 1.0
     reported = {name: round(share["flagged"], 3) for name, share in stored["reported"].items()}  # kept for the model card
-    assert reported == {name: share for name, share in shares.items() if not name.startswith("calibration") and not np.isnan(share)}
+    assert reported == {name: share for name, share in shares.items() if not np.isnan(share)}
     bad = subprocess.run(script + ["--shrinkage", "2"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "a shrinkage between 0 and 1" in bad.stderr

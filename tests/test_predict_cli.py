@@ -18,6 +18,7 @@ from PIL import Image
 
 from pneumo_hf import load_predictor
 from pneumo_hf.batch import COLUMNS, collect_inputs
+from pneumo_hf.examples import find_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +145,8 @@ def test_the_wheel_holds_the_default_model_and_example_films(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("pneumo_hf-*.whl"))).namelist()
     assert {"pneumo_hf/default_model/model.safetensors", "pneumo_hf/default_model/config.json", "pneumo_hf/default_model/README.md"} <= set(names)
-    assert len([name for name in names if name.startswith("pneumo_hf/example_films/") and name.endswith(".jpeg")]) == 3
+    assert len([name for name in names if name.startswith("pneumo_hf/example_films/") and name.endswith(".jpeg")]) == len(find_examples()[0]) == 8
+    assert {"pneumo_hf/default_model/maintainers_results.json", "pneumo_hf/default_model/training_summary.json", "pneumo_hf/default_model/test_dev_roc_curve.png"} <= set(names)
     assert any(name.endswith("entry_points.txt") for name in names)
 
 

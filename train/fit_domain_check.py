@@ -1,11 +1,13 @@
 """Fit the domain check of a model folder on its own training films and calibrate its cut (see pneumo_hf.domain).
 
-    python train/fit_domain_check.py --model pneumo_hf/default_model \
-        --calibration_dir ../shared/data/chest_xray_224/test_dev --report_dir ../shared/data/adult_check
+    python train/fit_domain_check.py --model pneumo_hf/default_model --calibration_dir ../shared/data/chest_xray_224/test_dev \
+        --pool_validation --max_flagged 0.03 --report_dir ../shared/data/adult_check
 
 The training films are the run's own train split, rebuilt from the folder's training_args.json (never its
-validation split); the cut lets at most --max_flagged of the --calibration_dir films (default: the run's
-validation split) be flagged. Prints the share flagged on the calibration films, on each --report_dir, on the
+validation split); the cut lets at most --max_flagged of the calibration films (the --calibration_dir folders,
+with --pool_validation the run's validation split too; default: that split alone) be flagged. What the cut is worth
+on films it was not set on is estimated by a patient-grouped cross-fit of the calibration films (set on one half,
+counted on the other). Prints the share flagged on the calibration films, on each --report_dir, on the
 run's validation split and on generated non-X-rays (noise, colour photos, documents, screenshots, inverted and heavily cropped films),
 and stores those shares in domain_check.json for the model card. Fit an ensemble's first member before train/ensemble.py:
 the ensemble takes that member's check, shares and all, into its card.
@@ -22,8 +24,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from pneumo_hf.domain import SHRINKAGE, fit_domain_check
+from pneumo_hf.data import patient_id
+from pneumo_hf.domain import SHRINKAGE, crossfit_flagged, fit_domain_check
+from pneumo_hf.hub import readable_split
 from pneumo_hf.imaging import IMAGE_SUFFIXES, ImageError, load_image
+from pneumo_hf.labels import LABEL2ID
 from pneumo_hf.models import PneumoniaClassifier, resolve_model_folder
 from pneumo_hf.training import run_splits
 from pneumo_hf.transforms import build_transform
@@ -76,7 +81,9 @@ def main(argv=None) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="A model folder written by train/train.py (its training_args.json names its data).")
-    parser.add_argument("--calibration_dir", help="Real in-domain films the model never trained on (default: the run's validation split).")
+    parser.add_argument("--calibration_dir", nargs="*", default=[], help="Folders of real in-domain films the model never trained on (NORMAL/ and PNEUMONIA/).")
+    parser.add_argument("--pool_validation", action="store_true", help="Calibrate on the run's validation split as well as the --calibration_dir films.")
+    parser.add_argument("--crossfit_repeats", type=int, default=10, help="Patient-grouped halvings of the calibration films for the cross-fitted share.")
     parser.add_argument("--report_dir", nargs="*", default=[], help="Folders whose flagged share is printed (e.g. adult films).")
     parser.add_argument("--max_flagged", type=float, default=0.05)
     parser.add_argument("--max_train_films", type=int, help="Fit on this many training films, drawn with --seed (default: all of them).")
@@ -93,17 +100,29 @@ def main(argv=None) -> int:
     picked = np.random.default_rng(args.seed).permutation(len(train_split))[: args.max_train_films]
     train_films = [row["image"]["bytes"] or row["image"]["path"] for row in train_split.select(sorted(picked))]
     validation_films = [row["image"]["bytes"] or row["image"]["path"] for row in validation_split]
-    if args.calibration_dir:
-        calibration, name = folder_films(args.calibration_dir), args.calibration_dir
-    else:
-        calibration, name = validation_films, "the run's validation split"
+    calibration, groups, labels, names = [], [], [], [readable_split(calibration_dir) for calibration_dir in args.calibration_dir]
+    for calibration_dir in args.calibration_dir:
+        films = folder_films(calibration_dir)
+        calibration += films
+        groups += [patient_id(film) for film in films]
+        labels += [LABEL2ID.get(Path(film).parent.name, 0) for film in films]
+    if args.pool_validation or not args.calibration_dir:
+        calibration += validation_films
+        groups += list(validation_split["patient"])
+        labels += list(validation_split["label"])
+        names.append("the run's validation split")
+    name = " + ".join(names)
     check = fit_domain_check(classifier, list(batches(train_films, transform)), list(batches(calibration, transform)), args.max_flagged, name, args.grid, args.shrinkage)
     print(f"fitted on {check.info['train_films']} training films, {check.grid}x{check.grid} grid; cut {check.cut:.2f}")
-    print(f"{'films':<40}{'n':>5}{'flagged':>9}")
-    print(f"{'calibration: ' + name:<40}{check.info['calibration_films']:>5}{check.info['calibration_flagged']:>9.3f}")
-    reports = {report: folder_films(report) for report in args.report_dir}
-    if args.calibration_dir:
-        reports["the run's validation split"] = validation_films
+    print(f"{'films':<48}{'n':>5}{'flagged':>9}")
+    print(f"{'calibration: ' + name:<48}{check.info['calibration_films']:>5}{check.info['calibration_flagged']:>9.3f}")
+    distances = np.concatenate([check.distances(batch) for batch in batches(calibration, transform)])
+    if len(distances) == len(groups) and args.crossfit_repeats > 0:
+        shares = crossfit_flagged(distances, groups, labels, args.max_flagged, args.crossfit_repeats, args.seed)
+        check.info["crossfit_flagged"] = {"mean": float(np.mean(shares)), "min": float(np.min(shares)), "max": float(np.max(shares)), "halves": len(shares)}
+        print(f"{'cross-fit: cut on one half, counted on the other':<48}{len(distances) // 2:>5}{np.mean(shares):>9.3f}  (min {np.min(shares):.3f}, max {np.max(shares):.3f}, {len(shares)} halves)")
+    reports = {readable_split(report): folder_films(report) for report in [*args.calibration_dir, *args.report_dir]}
+    reports["the run's validation split"] = validation_films
     reports.update({"generated: " + kind: images for kind, images in non_xrays(train_films).items()})
     check.info["reported"] = {}  # stored with the check: the model card (train/ensemble.py) quotes these shares
     for report, sources in reports.items():
@@ -111,7 +130,7 @@ def main(argv=None) -> int:
         share = float(np.mean(flags)) if flags else float("nan")
         if flags:
             check.info["reported"][report] = {"films": len(flags), "flagged": share}
-        print(f"{report:<40}{len(flags):>5}{share:>9.3f}")
+        print(f"{report:<48}{len(flags):>5}{share:>9.3f}")
     check.save(folder)
     print(f"written to {folder}")
     return 0
