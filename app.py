@@ -15,8 +15,10 @@ import os
 # reach Gradio's worker threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy by default: the operator may turn Gradio's usage analytics on
+import csv
 import json
 import re
+import tempfile
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +33,8 @@ from pneumo_hf.examples import find_examples, hub_examples
 from pneumo_hf.hub import card_text, maintainers_results, readable_split
 from pneumo_hf.imaging import IMAGE_SUFFIXES, MAX_FILE_BYTES, load_image
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
+from pneumo_hf.metrics import plot_split
+from pneumo_hf.site_check import MAX_FILMS, MAX_UNPACKED_BYTES, ArchiveError, check_archive
 
 DEFAULT = "default (shipped in pneumo_hf)"
 NOTICE = (
@@ -77,14 +81,20 @@ def _predict(file: Optional[str], model_name: str, heatmap: bool) -> Prediction:
         raise gr.Error(str(error)) from None
 
 
+def output_path(kind: str, suffix: str) -> Path:
+    """A new file in Gradio's cache under a name of its own (`kind/<uuid><suffix>`): served as it is, removed with the
+    cache, never shared by two requests."""
+    folder = Path(gr.utils.get_upload_folder()) / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{uuid.uuid4().hex}{suffix}"
+
+
 def overlay_file(prediction: Prediction) -> str:
     """The heatmap over the film as a JPEG under a name of its own in Gradio's cache: served as it is, removed
     with the cache, and never shared by two requests (identical outputs under one cached name raced)."""
     blended = overlay(prediction.image, prediction.heatmap)
     blended.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
-    folder = Path(gr.utils.get_upload_folder()) / "overlays"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{uuid.uuid4().hex}.jpg"
+    path = output_path("overlays", ".jpg")
     blended.save(path, quality=90)
     return str(path)
 
@@ -127,6 +137,56 @@ def show_example(file: str, model_name: str) -> tuple[Prediction, str, str]:
     """A click on an example: all that an upload shows, in one call so that it can be cached."""
     prediction = _predict(file, model_name, heatmap=True)
     return prediction, overlay_file(prediction), describe(prediction)
+
+
+CHECK_NOTE = (
+    f"Upload one .zip of labelled films: `NORMAL/` and `PNEUMONIA/` folders at any depth, or the films with a `labels.csv` "
+    f"(`file,label`). At most {MAX_FILMS:,} films and {MAX_UNPACKED_BYTES // 2**20} MB unpacked; archives with links, names "
+    "outside the archive or zip bombs are refused. The figures are taken at the model's stored threshold, as "
+    "`pneumo-hf evaluate` takes them, and a film that cannot be read is listed, not counted. **Patients' films belong on a "
+    "local copy of this app (`python app.py`), not on a public Space**; `pneumo-hf calibrate` refits the threshold on them."
+)
+
+
+def check_films(archive: Optional[str], model_name: str, progress=gr.Progress(track_tqdm=True)) -> tuple[dict[str, Any], str]:
+    """The /evaluate endpoint: one .zip of labelled films → the figures at the stored threshold (JSON), then the per-film CSV."""
+    if not archive:
+        raise gr.Error("Upload a .zip of labelled films first (NORMAL/ and PNEUMONIA/ folders, or films with a labels.csv).")
+    try:
+        predictor = get_predictor(model_name)
+    except ModelError as error:
+        raise gr.Error(str(error)) from None
+    table = output_path("checks", ".csv")
+    try:
+        summary, _ = check_archive(predictor, archive, Path(tempfile.mkdtemp(prefix="pneumo_check_")), table)
+    except ArchiveError as error:
+        raise gr.Error(str(error)) from None
+    return summary, str(table)
+
+
+def check_report(summary: Optional[dict[str, Any]], table: Optional[str]) -> tuple[str, list]:
+    """The figures as a table, and the ROC (with the operating point), confusion matrix and reliability diagram."""
+    if not summary or not table:
+        return "", []
+    def cell(value):
+        return "—" if value is None else f"{value:.3f}"
+
+    confusion = summary["confusion"]
+    lines = [
+        "| films | accuracy | ROC-AUC | sensitivity | specificity | ECE | threshold | TN FP FN TP | unreadable |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {summary['n']} | {cell(summary['accuracy'])} | {cell(summary['roc_auc'])} | {cell(summary['sensitivity'])} | {cell(summary['specificity'])} | "
+        f"{cell(summary['ece'])} | {summary['threshold']:.3f} | {confusion['tn']} {confusion['fp']} {confusion['fn']} {confusion['tp']} | {len(summary['errors'])} |",
+    ]
+    with open(table, newline="") as file:
+        rows = [row for row in csv.DictReader(file) if not row["error"]]
+    labels = [int(row["label"] == "PNEUMONIA") for row in rows]
+    if len(set(labels)) < 2:
+        return "\n".join(lines) + "\n\nThe plots need films of both labels.", []
+    folder = output_path("checks", "")
+    folder.mkdir()
+    plots = plot_split(labels, [float(row["probability_PNEUMONIA"]) for row in rows], summary["threshold"], folder, "site", "Your films")
+    return "\n".join(lines), [str(path) for path in plots]
 
 
 def preview(file: Optional[str]):
@@ -238,10 +298,23 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
                 )
             gr.Markdown(examples_note)
             more = gr.Gallery(label="More examples: the Hub data set's test split (click one)", visible=False, columns=8, height="auto", allow_preview=False)
+        with gr.Tab("Check on your films"):
+            gr.Markdown(CHECK_NOTE)
+            with gr.Row():
+                archive = gr.File(label="Labelled films (.zip)", file_types=[".zip"], type="filepath")
+                check_button = gr.Button("Check", variant="primary")
+            check_table = gr.Markdown(elem_id="check-table")
+            check_plots = gr.Gallery(label="ROC (operating point marked), confusion matrix and reliability on your films", columns=3, height="auto")
+            with gr.Row():
+                check_json = gr.JSON(label="The figures (what /evaluate returns first)")
+                check_csv = gr.File(label="Per-film results (CSV)")
         with gr.Tab("About this model"):
             card = gr.Markdown()
             plots = gr.Gallery(label="Plots: the official test split's half A (films it never saw) first, then validation", columns=3, height="auto")
         upload.change(preview, inputs=upload, outputs=image, api_visibility="private")
+        check_button.click(check_films, inputs=[archive, model], outputs=[check_json, check_csv], api_name="evaluate").then(
+            check_report, inputs=[check_json, check_csv], outputs=[check_table, check_plots], api_visibility="private"
+        )
         gr.on([button.click, upload.upload], predict, inputs=[upload, model], outputs=[label, heatmap, state], api_name="predict").then(
             describe, inputs=state, outputs=decision, api_visibility="private"
         ).then(details_of, inputs=[state, model], outputs=details_json, api_visibility="private")

@@ -3,6 +3,7 @@
     pneumo-hf predict ../shared/data/chest_xray_224/test_dev --output preds.csv
     pneumo-hf train --model_name_or_path efficientnet_b0 --train_dir data/train --output_dir runs/b0
     pneumo-hf evaluate --model runs/b0 --data_dir data/test
+    pneumo-hf calibrate --model runs/b0 --data_dir our_films/ --min_sensitivity 0.95 --output_dir runs/b0_ours
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ COMMANDS = {
     "predict": ("pneumo_hf.commands.predict", "predict a whole archive into a CSV or Parquet file"),
     "train": ("pneumo_hf.commands.train", "train a model folder (train/train.py)"),
     "evaluate": ("pneumo_hf.commands.evaluate", "measure a model folder on a labelled split (train/evaluate.py)"),
+    "calibrate": ("pneumo_hf.commands.calibrate", "refit a model folder's temperature and threshold on a site's labelled films"),
 }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        usage = "\n".join(f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items())
+        usage = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
         print(f"usage: pneumo-hf {{{','.join(COMMANDS)}}} ...\n\n{usage}\n\n`pneumo-hf COMMAND --help` for its flags.", file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     module = importlib.import_module(COMMANDS[argv[0]][0])

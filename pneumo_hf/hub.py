@@ -30,6 +30,7 @@ DATASET_ID = "hf-vision/chest-xray-pneumonia"
 CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
 SUMMARY_FILE = "training_summary.json"  # how a model folder was trained, written beside it by train.py and ensemble.py
 MAINTAINERS_FILE = "maintainers_results.json"  # figures measured by the maintainers on films the project never had
+CALIBRATION_FILE = "calibration.json"  # a site's refit of temperature and threshold, written by `pneumo-hf calibrate`
 
 
 class HubError(RuntimeError):
@@ -94,6 +95,7 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
         test_dev_plots=_plots(folder, "test_dev", "official test split, half A"),
         validation_plots=_plots(folder, "validation", "validation split") + _plots(folder, "training", "validation during training", ("curves",)),
         maintainers=_maintainers_table(maintainers) if maintainers else None,
+        calibration=_calibration_table(json.loads((folder / CALIBRATION_FILE).read_text())) if (folder / CALIBRATION_FILE).is_file() else None,
         domain_check=domain_check,
         ensemble=summary["architecture"].startswith("pneumo_ensemble"),
         test_dev_confusion=" ".join(str(count) for row in test_dev["confusion_matrix"] for count in row) if test_dev else "",
@@ -136,6 +138,23 @@ def _maintainers_table(found: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "roc_auc", "sensitivity", "specificity", "ece", "domain_warned")
     splits = [{"name": row["name"], "films": row["films"], "cells": [cell(row, key) for key in keys]} for row in found["splits"]]
     return {**found, "splits": splits}
+
+
+def _calibration_table(report: dict[str, Any]) -> dict[str, Any]:
+    """calibration.json (written by `pneumo-hf calibrate`) as the card's rows."""
+
+    def cells(figures: dict[str, Any]) -> list[str]:
+        head = [f"{figures['temperature']:.3f}", f"{figures['threshold']:.3f}"] if "temperature" in figures else ["", ""]
+        return head + [f"{figures[key]:.3f}" for key in ("accuracy", "recall", "specificity", "ece")]
+
+    crossfit = report["crossfit"]
+    rows = [
+        ("stored (before), on all the films", report["before"]),
+        ("refit, on the same films (optimistic)", report["after"]),
+        (f"stored, cross-fitted ({crossfit['stored']['halves']} halves)", crossfit["stored"]),
+        (f"refit, cross-fitted ({crossfit['refit']['halves']} halves)", crossfit["refit"]),
+    ]
+    return {**report, "rows": [{"name": name, "cells": cells(figures)} for name, figures in rows]}
 
 
 def _prefixed(results: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .domain import DomainCheck
 from .hub import weights_sha256
@@ -91,18 +91,23 @@ class Predictor:
         scores, maps = self.scores(pixel_values, heatmap)
         warnings = warnings if warnings is not None else [xray_warnings(image) for image in images]
         if self.domain is not None:
-            sentences = self.domain_warnings(images, pixel_values)
+            sentences = self.domain_warnings(pixel_values)
             warnings = [[sentence, *notes] if sentence else list(notes) for sentence, notes in zip(sentences, warnings, strict=True)]
         return [self._prediction(*row) for row in zip(images, scores, maps, warnings, strict=True)]
 
-    def domain_warnings(self, images: Sequence[Image.Image], pixel_values: torch.Tensor) -> list[Optional[str]]:
-        """The domain check's sentence for each film (None when it looks like the training films); a flagged film's
-        negative is checked too, to tell an inverted film."""
+    def domain_warnings(self, pixel_values: torch.Tensor) -> list[Optional[str]]:
+        """The domain check's sentence for each film of a normalised batch (None when it looks like the training
+        films); a flagged film's negative is checked too, to tell an inverted film."""
         distances = self.domain.distances(pixel_values)
         flagged = [i for i, distance in enumerate(distances) if distance > self.domain.cut]
-        negatives = [self.transform(ImageOps.invert(images[i].convert("RGB"))) for i in flagged]
-        inverted = dict(zip(flagged, self.domain.distances(torch.stack(negatives)), strict=True)) if flagged else {}
+        inverted = dict(zip(flagged, self.domain.distances(self._negatives(pixel_values[flagged])), strict=True)) if flagged else {}
         return [self.domain.warning(float(distance), inverted.get(i)) for i, distance in enumerate(distances)]
+
+    def _negatives(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The normalised batch of the films' negatives (1 − x before normalisation), without decoding them again."""
+        mean = torch.tensor(self.classifier.data_config["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(self.classifier.data_config["std"]).view(1, -1, 1, 1)
+        return (1.0 - 2.0 * mean) / std - pixel_values
 
     def scores(self, pixel_values: torch.Tensor, heatmap: bool = False) -> tuple[np.ndarray, list[Optional[np.ndarray]]]:
         """Calibrated probabilities (batch, 2) of a normalised batch, averaged over the stored test-time views, and

@@ -72,12 +72,16 @@ def expected_calibration_error(labels: Sequence[int], scores: Sequence[float], n
     return float(error)
 
 
+THRESHOLD_MARGIN = 1e-6  # far above float32's rounding of a probability (6e-8), far below any gap between two films' scores
+
+
 def choose_threshold(labels: Sequence[int], scores: Sequence[float], min_sensitivity: float = 0.95) -> float:
-    """The threshold with the highest specificity among those that keep sensitivity ≥ `min_sensitivity`."""
+    """The threshold with the highest specificity among those that keep sensitivity ≥ `min_sensitivity`, set just
+    under the film it falls on (by THRESHOLD_MARGIN) so that float32 inference still calls that film PNEUMONIA."""
     fpr, tpr, thresholds = skm.roc_curve(labels, scores)
     ok = np.flatnonzero(tpr >= min_sensitivity)
     best = ok[np.argmin(fpr[ok])]  # roc_curve orders by falling threshold: the first minimum is the highest threshold
-    return float(min(thresholds[best], 1.0))
+    return float(min(thresholds[best] - THRESHOLD_MARGIN, 1.0))
 
 
 def fit_temperature(logits: np.ndarray, labels: Sequence[int]) -> float:

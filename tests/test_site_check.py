@@ -1,0 +1,124 @@
+"""Checking the model on a site's own films: safe unpacking, labelled films found, figures equal to scikit-learn's on
+the predictor's own outputs and to `pneumo-hf evaluate`'s, and `pneumo-hf calibrate`."""
+
+import json
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from huggingface_hub import ModelCard
+from sklearn import metrics as skm
+
+from pneumo_hf import load_predictor
+from pneumo_hf.examples import EXAMPLE_FILMS, find_examples
+from pneumo_hf.inference import DEFAULT_MODEL_DIR
+from pneumo_hf.site_check import ArchiveError, check_archive, labelled_films, safe_extract
+
+
+def make_zip(path: Path, entries: dict[str, bytes], links: tuple[str, ...] = ()) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in entries.items():
+            bundle.writestr(name, data)
+        for name in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            bundle.writestr(info, "/etc/passwd")
+    return path
+
+
+def example_zip(path: Path, extra: dict[str, bytes] = None) -> Path:
+    """The package's eight example films as a site zips them: NORMAL/ and PNEUMONIA/ two folders deep."""
+    films = {f"hospital/2024/{film.parent.name}/{film.name}": film.read_bytes() for film in find_examples()[0]}
+    return make_zip(path, {**films, **(extra or {})})
+
+
+@pytest.mark.parametrize("entries, links, message", [
+    ({"../outside.jpeg": b"x"}, (), "points outside the archive"),
+    ({"NORMAL/../../outside.jpeg": b"x"}, (), "points outside the archive"),
+    ({"/etc/cron.d/film.jpeg": b"x"}, (), "points outside the archive"),
+    ({"C:/Windows/film.jpeg": b"x"}, (), "points outside the archive"),
+    ({"NORMAL/a.jpeg": b"x"}, ("NORMAL/link.jpeg",), "is a link"),
+    ({"NORMAL/bomb.dcm": bytes(50 * 2**20)}, (), "compressed .* times \\(a zip bomb\\?\\)"),
+])
+def test_unsafe_archives_are_refused_before_anything_is_written(tmp_path, entries, links, message):
+    archive = make_zip(tmp_path / "films.zip", entries, links)
+    target = tmp_path / "unpacked"
+    with pytest.raises(ArchiveError, match=message):
+        safe_extract(archive, target)
+    assert not target.exists() and not (tmp_path / "outside.jpeg").exists()
+
+
+def test_too_many_films_and_too_many_bytes_are_refused(tmp_path, monkeypatch):
+    archive = make_zip(tmp_path / "films.zip", {f"NORMAL/{i}.jpeg": bytes(100) for i in range(12)})
+    monkeypatch.setattr("pneumo_hf.site_check.MAX_FILMS", 10)
+    with pytest.raises(ArchiveError, match="holds 12 files; the limit is 10 films"):
+        safe_extract(archive, tmp_path / "a")
+    monkeypatch.setattr("pneumo_hf.site_check.MAX_FILMS", 1000)
+    monkeypatch.setattr("pneumo_hf.site_check.MAX_UNPACKED_BYTES", 1000)
+    with pytest.raises(ArchiveError, match="unpacks to 0 MB, over the 0 MB limit"):
+        safe_extract(archive, tmp_path / "b")
+    (tmp_path / "not.zip").write_bytes(b"PK but not really")
+    with pytest.raises(ArchiveError, match="not a .zip archive"):
+        safe_extract(tmp_path / "not.zip", tmp_path / "c")
+
+
+def test_films_are_found_by_folder_at_any_depth_or_by_labels_csv(tmp_path):
+    archive = example_zip(tmp_path / "films.zip", {"__MACOSX/hospital/2024/NORMAL/._IM-0372-0001.jpeg": b"junk", "hospital/notes.txt": b"x"})
+    safe_extract(archive, tmp_path / "folders")
+    found = labelled_films(tmp_path / "folders")
+    assert len(found) == 8 and sorted({label for _, _, label in found}) == [0, 1] and not any("__MACOSX" in name for name, _, _ in found)
+    films = {film.name: film for film in find_examples()[0]}
+    listing = "file,label\n" + "".join(f"scans/{name},{film.parent.name.lower()}\n" for name, film in films.items())
+    make_zip(tmp_path / "listed.zip", {**{f"scans/{name}": film.read_bytes() for name, film in films.items()}, "labels.csv": listing.encode()})
+    safe_extract(tmp_path / "listed.zip", tmp_path / "listed")
+    assert sorted((Path(name).name, label) for name, _, label in labelled_films(tmp_path / "listed")) == sorted((name, int(film.parent.name == "PNEUMONIA")) for name, film in films.items())
+    make_zip(tmp_path / "bare.zip", {"scan.jpeg": b"x"})
+    safe_extract(tmp_path / "bare.zip", tmp_path / "bare")
+    with pytest.raises(ArchiveError, match="No labelled films"):
+        labelled_films(tmp_path / "bare")
+
+
+def test_the_figures_equal_scikit_learns_on_the_predictors_outputs_and_evaluates(tmp_path):
+    from pneumo_hf.commands import evaluate
+
+    predictor = load_predictor()
+    archive = example_zip(tmp_path / "films.zip", {"hospital/2024/PNEUMONIA/broken.jpeg": b"not a film"})
+    summary, rows = check_archive(predictor, archive, tmp_path / "work", tmp_path / "films.csv")
+    assert not (tmp_path / "work").exists()  # the unpacked films are gone
+    assert summary["errors"] == [{"file": "hospital/2024/PNEUMONIA/broken.jpeg", "error": rows[4]["error"]}] and "not an image" in rows[4]["error"]
+    films = find_examples()[0]
+    labels = np.array([int(film.parent.name == "PNEUMONIA") for film in films])
+    scores = np.array([prediction.probabilities["PNEUMONIA"] for prediction in predictor.predict_batch(films)])
+    decided = (scores >= predictor.threshold).astype(int)
+    (tn, fp), (fn, tp) = skm.confusion_matrix(labels, decided)
+    assert summary["n"] == 8 and summary["confusion"] == {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    assert summary["accuracy"] == pytest.approx(skm.accuracy_score(labels, decided)) and summary["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-6)
+    assert summary["sensitivity"] == pytest.approx(skm.recall_score(labels, decided)) and summary["specificity"] == pytest.approx(tn / (tn + fp))
+    measured = evaluate.run(evaluate.parse_args(["--model", str(DEFAULT_MODEL_DIR), "--data_dir", str(EXAMPLE_FILMS), "--output_json", str(tmp_path / "e.json")]))
+    assert [[summary["confusion"]["tn"], summary["confusion"]["fp"]], [summary["confusion"]["fn"], summary["confusion"]["tp"]]] == measured["confusion_matrix"]
+    for ours, theirs in (("accuracy", "accuracy"), ("roc_auc", "roc_auc"), ("sensitivity", "recall"), ("specificity", "specificity"), ("ece", "ece")):
+        assert summary[ours] == pytest.approx(measured[theirs], abs=1e-5), ours
+    header = (tmp_path / "films.csv").read_text().splitlines()[0]
+    assert header == "path,decision,probability_NORMAL,probability_PNEUMONIA,threshold,warnings,error,label"
+
+
+def test_calibrate_meets_the_sensitivity_keeps_the_weights_and_says_so(tmp_path):
+    from pneumo_hf.commands import calibrate
+
+    films = tmp_path / "films"
+    shutil.copytree(EXAMPLE_FILMS, films, ignore=shutil.ignore_patterns("README.md"))
+    output = tmp_path / "calibrated"
+    assert calibrate.main(["--model", str(DEFAULT_MODEL_DIR), "--data_dir", str(films), "--min_sensitivity", "1.0", "--output_dir", str(output), "--repeats", "2"]) == 0
+    assert (output / "model.safetensors").read_bytes() == (DEFAULT_MODEL_DIR / "model.safetensors").read_bytes()
+    report = json.loads((output / "calibration.json").read_text())
+    calibrated = load_predictor(output)
+    assert calibrated.threshold == report["after"]["threshold"] != load_predictor().threshold
+    pneumonia = [film for film in films.rglob("*.jpeg") if film.parent.name == "PNEUMONIA"]
+    assert all(prediction.label == "PNEUMONIA" for prediction in calibrated.predict_batch(pneumonia))  # sensitivity ≥ 1.0 on its folder
+    assert report["after"]["recall"] >= 1.0 and report["crossfit"]["refit"]["halves"] == 4
+    card = ModelCard.load(output / "README.md").text
+    assert "## Calibrated on a site's films" in card and f"| refit, on the same films (optimistic) | {report['after']['temperature']:.3f} | {report['after']['threshold']:.3f} |" in card
+    assert calibrate.main(["--model", str(DEFAULT_MODEL_DIR), "--data_dir", str(films), "--output_dir", str(output)]) == 1  # not over a folder
