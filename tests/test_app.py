@@ -269,3 +269,46 @@ def test_browser_fresh_clone_shows_example_thumbnails_and_the_decision_largest(d
             for warning in details["warnings"]:  # the domain warning, if any, beside the decision
                 assert warning in page.locator("#decision").inner_text()
             page.screenshot(path=str(shots / f"app_{name}.png"), full_page=True)
+
+
+def films_zip(path: Path, extra: dict[str, bytes] = None) -> Path:
+    """The example films zipped as a site would, NORMAL/ and PNEUMONIA/ one folder deep, with anything in `extra`."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as bundle:
+        for film in find_examples()[0]:
+            bundle.write(film, f"site/{film.parent.name}/{film.name}")
+        for name, data in (extra or {}).items():
+            bundle.writestr(name, data)
+    return path
+
+
+def test_evaluate_endpoint_returns_the_figures_then_the_per_film_csv(default_server, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(default_server, verbose=False)
+    summary, table = client.predict(handle_file(str(films_zip(tmp_path / "films.zip", {"site/NORMAL/broken.jpeg": b"x"}))), api_name="/evaluate")
+    assert set(summary) == {"n", "accuracy", "roc_auc", "sensitivity", "specificity", "ece", "threshold", "confusion", "errors"}
+    assert summary["n"] == 8 and sum(summary["confusion"].values()) == 8 and [error["file"] for error in summary["errors"]] == ["site/NORMAL/broken.jpeg"]
+    lines = Path(table).read_text().splitlines()
+    assert lines[0].endswith(",error,label") and len(lines) == 1 + 9
+    with pytest.raises(AppError, match="points outside the archive"):
+        client.predict(handle_file(str(films_zip(tmp_path / "climbing.zip", {"../../escape.jpeg": b"x"}))), api_name="/evaluate")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_check_tab_uploads_a_zip_and_shows_the_table(default_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        page = browser(playwright).new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(default_server)
+        page.get_by_role("tab", name="Check on your films").click()
+        page.get_by_text("not on a public Space").first.wait_for(timeout=30_000)
+        page.locator("input[type=file][accept*='.zip']").set_input_files(str(films_zip(tmp_path / "films.zip")))
+        page.get_by_role("button", name="Check").click()
+        table = page.locator("#check-table table")
+        table.wait_for(timeout=120_000)
+        assert table.locator("tbody td").first.inner_text().strip() == "8"  # the films counted
+        expect(page.locator("img[src*='site_roc_curve']").first).to_be_visible(timeout=60_000)
