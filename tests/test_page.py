@@ -45,7 +45,7 @@ def test_the_notice_reads_its_figures_from_the_model_folder(app):
     assert f"ROC-AUC {adults['roc_auc']:.2f} on the maintainers' {adults['name']}, {adults['films']} films" in notice
     assert f"{100 * adults['domain_warned']:.1f} % of that adult set with an earlier, stricter cut" in notice  # the check was refitted since
     assert f"{100 * adult_check_share()['flagged']:.1f} % of {adult_check_share()['films']} adult films" in notice
-    assert "analytics are off" in notice and f"after {app.KEEP_FILES_SECONDS // 60} minutes" in notice
+    assert "analytics are off" in notice and f"within {app.deleted_within_minutes()} minutes" in notice and app.deleted_within_minutes() == 15
     assert [Path(path).name for path, _ in plots][:3] == ["test_dev_roc_curve.png", "test_dev_confusion_matrix.png", "test_dev_reliability.png"]
     assert "## How to use" in card
 
