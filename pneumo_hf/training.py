@@ -33,6 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 from . import metrics
 from .data import DataError, XrayDataset, class_weights, collate, load_evaluation_set, load_splits
 from .domain import fit_domain_check
+from .film_cache import BatchAugment, cached_films
 from .hub import SUMMARY_FILE, push_folder, write_model_card
 from .labels import LABELS
 from .models import PneumoniaClassifier, build_classifier, head_of
@@ -81,7 +82,9 @@ class TrainingArguments:
     mixup: float = field(default=0.0, metadata={"help": "Mixup alpha (timm's --mixup, e.g. 0.2): train on blends of two films and their labels; 0 turns it off."})
     cutmix: float = field(default=0.0, metadata={"help": "CutMix alpha (timm's --cutmix, e.g. 1.0): paste a patch of one film into another, labels by area; 0 turns it off."})
     random_erasing: float = field(default=0.0, metadata={"help": "Probability of erasing a random rectangle of each training image with noise (timm's --reprob, --remode pixel); 0 turns it off."})
-    dataloader_num_workers: int = field(default=2, metadata={"help": "Worker processes decoding images."})
+    dataloader_num_workers: int = field(default=2, metadata={"help": "Worker processes decoding images (into the film cache, or every epoch with --no_film_cache)."})
+    film_cache: bool = field(default=True, metadata={"help": "Decode the films once into a memory-mapped cache at the input size and augment whole batches (kornia); --no_film_cache decodes and augments film by film every epoch."})
+    film_cache_dir: Optional[str] = field(default=None, metadata={"help": "Where the film cache lives; default: PNEUMO_CACHE_DIR, else ~/.cache/pneumo_hf/films."})
     seed: int = field(default=42, metadata={"help": "Seed for the init, the augmentation and the data order."})
     split_seed: Optional[int] = field(default=None, metadata={"help": "Seed of the patient-grouped validation split; default: --seed. Fix it to compare seeds on one split."})
     checkpointing_steps: Optional[str] = field(default="epoch", metadata={"help": "Save a resumable checkpoint every N optimizer steps, or 'epoch'."})
@@ -183,7 +186,17 @@ def split_loader(classifier: PneumoniaClassifier, dataset: datasets.Dataset, bat
 
 
 def _loaders(args: TrainingArguments, classifier: PneumoniaClassifier, train_set, validation_set):
+    """The training and validation loaders, and the batch augmentation that goes with the first (None when the loader
+    augments film by film): over the film cache by default, else decoding JPEGs in workers every epoch."""
     loader_kwargs = {"collate_fn": collate, "num_workers": args.dataloader_num_workers, "persistent_workers": args.dataloader_num_workers > 0}
+    if args.film_cache:
+        train_films, validation_films = (
+            cached_films(split, classifier.data_config, args.film_cache_dir, train=train, num_workers=args.dataloader_num_workers)
+            for split, train in ((train_set, True), (validation_set, False))
+        )
+        augment = BatchAugment(classifier.data_config, args.aug_strength, args.intensity_aug, args.random_erasing)
+        train_loader = torch.utils.data.DataLoader(train_films, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate)  # slicing a memmap needs no workers
+        return train_loader, torch.utils.data.DataLoader(validation_films, batch_size=args.per_device_eval_batch_size, collate_fn=collate), augment
     train_loader = torch.utils.data.DataLoader(
         XrayDataset(train_set, build_transform(classifier.data_config, train=True, aug_strength=args.aug_strength, random_erasing=args.random_erasing, intensity_aug=args.intensity_aug)),
         batch_size=args.per_device_train_batch_size, shuffle=True, **loader_kwargs,
@@ -191,7 +204,7 @@ def _loaders(args: TrainingArguments, classifier: PneumoniaClassifier, train_set
     validation_loader = torch.utils.data.DataLoader(
         XrayDataset(validation_set, build_transform(classifier.data_config)), batch_size=args.per_device_eval_batch_size, **loader_kwargs
     )
-    return train_loader, validation_loader
+    return train_loader, validation_loader, None
 
 
 @dataclass
@@ -228,6 +241,7 @@ class _Run:
     validation_set: datasets.Dataset
     test_dev_loader: Any  # None without --test_dev_dir
     command: str
+    augment: Optional[nn.Module] = None  # the batch augmentation of the film cache
     state: _State = field(default_factory=_State)
 
 
@@ -272,7 +286,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
         logger.warning("Training %s from random initialisation (no pretrained weights).", classifier.architecture)
     if args.freeze_backbone_epochs:
         head_of(classifier)  # a model without a separate head fails now, not after the first epoch
-    train_loader, validation_loader = _loaders(args, classifier, train_set, validation_set)
+    train_loader, validation_loader, augment = _loaders(args, classifier, train_set, validation_set)
     optimizer = torch.optim.AdamW(_parameter_groups(classifier, args), lr=args.learning_rate, weight_decay=args.weight_decay)
     # The prepared scheduler steps once per process per optimizer step, so it is sized on the whole
     # loader; the progress bar below counts this process's steps, on its shard of the loader.
@@ -290,7 +304,8 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     total_steps = args.num_train_epochs * steps_per_epoch
 
     state = _resume(accelerator, args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else _State()
-    run = _Run(args, accelerator, classifier, model, ema, criterion, mixup, optimizer, scheduler, train_loader, validation_loader, weights, train_set, validation_set, test_dev_loader, command, state)
+    augment = augment.to(accelerator.device) if augment is not None else None
+    run = _Run(args, accelerator, classifier, model, ema, criterion, mixup, optimizer, scheduler, train_loader, validation_loader, weights, train_set, validation_set, test_dev_loader, command, augment, state)
     if args.with_tracking:
         accelerator.init_trackers("pneumo_hf", {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
     progress = tqdm(total=total_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process, desc="train")
@@ -366,6 +381,8 @@ def _train_one_epoch(run: _Run, epoch: int, progress) -> float:
         state.batches_done += 1
         state.skipped_images += int(batch["n_skipped"])
         pixel_values, targets = batch["pixel_values"], batch["labels"]
+        if run.augment is not None and len(targets):
+            pixel_values = run.augment(pixel_values)
         if run.mixup is not None:  # timm's Mixup blends the batch with its mirror: an even number of films
             even = len(targets) - len(targets) % 2
             pixel_values, targets = run.mixup(pixel_values[:even], targets[:even]) if even else (pixel_values[:0], targets[:0])
@@ -426,7 +443,12 @@ def _fit_domain_check(run: _Run, output_dir: Path) -> None:
     the validation split is flagged (train/fit_domain_check.py recalibrates it on other films)."""
 
     def batches(dataset: datasets.Dataset) -> list[torch.Tensor]:
-        return [batch["pixel_values"] for batch in split_loader(run.classifier, dataset) if len(batch["pixel_values"])]
+        if run.args.film_cache:  # the same pixels as the JPEGs give, without decoding them again
+            films = cached_films(dataset, run.classifier.data_config, run.args.film_cache_dir, num_workers=run.args.dataloader_num_workers)
+            loader = torch.utils.data.DataLoader(films, batch_size=64, collate_fn=collate)
+        else:
+            loader = split_loader(run.classifier, dataset)
+        return [batch["pixel_values"] for batch in loader if len(batch["pixel_values"])]
 
     check = fit_domain_check(run.classifier, batches(run.train_set), batches(run.validation_set), calibration_name="the run's validation split")
     check.save(output_dir)

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny generated X-ray-like images, image folders, DICOM files and model folders."""
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,14 @@ def write_image_folder(root: Path, per_class: int = 12, size=(48, 40)) -> Path:
             name = f"person{patient}_bacteria_{i}.jpeg" if pneumonia else f"IM-{patient:04d}-{i:04d}.jpeg"
             Image.fromarray(xray_like(1000 * pneumonia + i, size, pneumonia)).save(root / label / name)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def film_cache_dir(tmp_path_factory) -> Path:
+    """Training runs (and the scripts the tests start) keep their film cache here, not in the user's home."""
+    folder = tmp_path_factory.mktemp("film_cache")
+    os.environ["PNEUMO_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
