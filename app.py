@@ -219,14 +219,15 @@ def model_notice(folder: Optional[Path]) -> str:
     figures (maintainers_results.json) and the domain check's own record (domain_check.json)."""
     if folder is None:
         return "This model was not measured on adults: expect it to fail on them."
-    adults = [row for row in (maintainers_results(folder) or {}).get("splits", []) if "adult" in row["name"]]
+    maintainers = maintainers_results(folder) or {}
+    adults = [row for row in maintainers.get("splits", []) if "adult" in row["name"]]
     lines = [f"On adults' films it {'does no better than chance' if row['roc_auc'] < 0.6 else 'was measured'}: ROC-AUC {row['roc_auc']:.2f} on the maintainers' {row['name']}, {row['films']} films." for row in adults]
     if not adults:
         lines.append("It was not measured on adults: expect it to fail on them.")
     check_file = folder / "domain_check.json"
     if not check_file.is_file():
         return " ".join(lines + ["This model has no domain check: it does not warn when a film is unlike its training films."])
-    earlier = " with an earlier, stricter cut" if (maintainers_results(folder) or {}).get("earlier_domain_check") else ""
+    earlier = " with an earlier, stricter cut" if maintainers.get("earlier_domain_check") else ""
     caught = [f"{100 * row['domain_warned']:.1f} % of that adult set{earlier}" for row in adults if row.get("domain_warned") is not None]
     reported = json.loads(check_file.read_text()).get("reported", {})
     caught += [f"{100 * share['flagged']:.1f} % of {share['films']} {readable_split(name)}" for name, share in reported.items() if "adult" in name]

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 from accelerate import Accelerator
-from sklearn.model_selection import StratifiedGroupKFold
 
 from . import metrics
-from .data import DataError, load_evaluation_set
+from .data import DataError, load_evaluation_set, patient_halves
 from .hub import CALIBRATION_FILE, SUMMARY_FILE, readable_split, write_model_card
 from .models import PneumoniaClassifier, resolve_model_folder
 from .training import evaluate, split_loader
@@ -40,10 +39,9 @@ def crossfit(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray, min_s
     """Mean figures on held-out halves (patient-grouped, class-stratified; `repeats` splits, both ways round): the
     `stored` (temperature, threshold) and the refit on the other half, each measured on the same half."""
     found: dict[str, list[dict]] = {"stored": [], "refit": []}
-    for repeat in range(repeats):
-        for fit, held in StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=repeat).split(labels, labels, patients):
-            for name, (temperature, threshold) in (("stored", stored), ("refit", refit(logits[fit], labels[fit], min_sensitivity))):
-                found[name].append(metrics.classification_metrics(labels[held], metrics.probabilities(logits[held], temperature)[:, 1], threshold))
+    for fit, held in patient_halves(labels, patients, repeats):
+        for name, (temperature, threshold) in (("stored", stored), ("refit", refit(logits[fit], labels[fit], min_sensitivity))):
+            found[name].append(metrics.classification_metrics(labels[held], metrics.probabilities(logits[held], temperature)[:, 1], threshold))
     return {name: {**{key: float(np.mean([row[key] for row in rows])) for key in FIGURES}, "lowest_recall": float(min(row["recall"] for row in rows)), "halves": len(rows)} for name, rows in found.items()}
 
 

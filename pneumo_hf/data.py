@@ -150,6 +150,14 @@ def split_by_patient(dataset: datasets.Dataset, validation_fraction: float, seed
     return dataset.select(train_index), dataset.select(validation_index)
 
 
+def patient_halves(labels: Sequence[int], patients: Sequence[str], repeats: int = 10, seed: int = 0):
+    """(fit, held-out) index pairs: `repeats` random class-stratified halvings by patient, each half held out once.
+    The cross-fits of `pneumo-hf calibrate` and train/fit_domain_check.py."""
+    labels, patients = np.asarray(labels), np.asarray(patients)
+    for repeat in range(repeats):
+        yield from StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed + repeat).split(labels, labels, patients)
+
+
 def class_weights(labels: Sequence[int]) -> torch.Tensor:
     """Weights n / (K · n_c), so that each class carries the same total weight in the loss (scikit-learn's "balanced")."""
     from sklearn.utils.class_weight import compute_class_weight

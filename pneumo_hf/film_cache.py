@@ -158,7 +158,7 @@ class BatchAugment(nn.Module):
             x = self.geometric(x).clamp(0.0, 1.0)
         if self.noise is not None:
             x = self.noise(x)
-        x = (x.expand(-1, 3, -1, -1) - self.mean.to(x.device)) / self.std.to(x.device)
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std  # buffers: on the device with the module
         if self.erasing is not None:  # timm's --remode pixel: the erased rectangle holds normal noise
             erased = self.erasing(torch.ones_like(x[:, :1])) == 0
             x = torch.where(erased, torch.randn_like(x), x)

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -108,9 +109,18 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
 
 
 def weights_sha256(folder: Path) -> Optional[str]:
-    """The first 12 hex digits of the SHA-256 of the folder's model.safetensors, or None without one."""
+    """The first 12 hex digits of the SHA-256 of the folder's model.safetensors, or None without one; hashed once per
+    version of the file (its size and modification time), as the app asks on every page load."""
     weights = Path(folder, "model.safetensors")
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else None
+    if not weights.is_file():
+        return None
+    stat = weights.stat()
+    return _sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def maintainers_results(folder: Path) -> Optional[dict[str, Any]]:

@@ -25,7 +25,7 @@ ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageError", "load_image", "is_dicom_file", "xray_warnings", "IMAGE_SUFFIXES", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
+__all__ = ["ImageError", "load_image", "is_dicom_file", "is_film_file", "xray_warnings", "IMAGE_SUFFIXES", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
 
 
 class ImageError(ValueError):
@@ -67,6 +67,11 @@ def is_dicom_file(path: Union[str, os.PathLike]) -> bool:
     """A DICOM file by its preamble, whatever its name (PACS exports often have none)."""
     with open(path, "rb") as file:
         return file.read(132)[128:132] == b"DICM"
+
+
+def is_film_file(path: Path) -> bool:
+    """A file to read as a film: an image or DICOM suffix, or no suffix and a DICOM preamble."""
+    return path.is_file() and (path.suffix.lower() in IMAGE_SUFFIXES or (not path.suffix and is_dicom_file(path)))
 
 
 def _is_dicom(data: bytes, source: object) -> bool:

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import metrics
 from .batch import COLUMNS, Film, predict_archive
-from .imaging import IMAGE_SUFFIXES, is_dicom_file
+from .imaging import is_film_file
 from .inference import Predictor
 from .labels import LABEL2ID, LABELS
 
@@ -102,20 +102,23 @@ def _listed(listing: Path, root: Path) -> list[tuple[str, Path, int]]:
     if not rows or not {"file", "label"} <= set(rows[0]):
         raise ArchiveError("labels.csv needs the columns file,label (label NORMAL or PNEUMONIA, or 0 or 1).")
     films = []
+    inside = root.resolve()
     for number, row in enumerate(rows, start=2):
-        label = row["label"].strip().upper()
+        label = (row.get("label") or "").strip().upper()
         label_id = LABEL2ID.get(label, int(label) if label in ("0", "1") else None)
         if label_id is None:
             raise ArchiveError(f"labels.csv line {number}: label {row['label']!r} is neither NORMAL nor PNEUMONIA (nor 0 or 1).")
-        path = listing.parent / row["file"].strip()
-        films.append((str(path.relative_to(root)), path, label_id))
+        path = (listing.parent / (row.get("file") or "").strip()).resolve()
+        if not path.is_relative_to(inside) or path == listing.parent.resolve():
+            raise ArchiveError(f"labels.csv line {number}: file {row.get('file')!r} is not a file inside the archive; list the films by their names in it.")
+        films.append((str(path.relative_to(inside)), path, label_id))
     return films
 
 
 def _foldered(root: Path) -> list[tuple[str, Path, int]]:
     films = []
     for path in sorted(root.rglob("*")):
-        if not path.is_file() or _hidden(path, root) or not (path.suffix.lower() in IMAGE_SUFFIXES or (not path.suffix and is_dicom_file(path))):
+        if _hidden(path, root) or not is_film_file(path):
             continue
         label = next((part.upper() for part in reversed(path.relative_to(root).parts[:-1]) if part.upper() in LABEL2ID), None)
         if label is not None:

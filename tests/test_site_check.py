@@ -75,6 +75,12 @@ def test_films_are_found_by_folder_at_any_depth_or_by_labels_csv(tmp_path):
     make_zip(tmp_path / "listed.zip", {**{f"scans/{name}": film.read_bytes() for name, film in films.items()}, "labels.csv": listing.encode()})
     safe_extract(tmp_path / "listed.zip", tmp_path / "listed")
     assert sorted((Path(name).name, label) for name, _, label in labelled_films(tmp_path / "listed")) == sorted((name, int(film.parent.name == "PNEUMONIA")) for name, film in films.items())
+    for listed in ("../../outside.jpeg", "/etc/passwd", ""):  # labels.csv may only name films inside the archive
+        make_zip(tmp_path / "escape.zip", {"labels.csv": f"file,label\n{listed},NORMAL\n".encode()})
+        shutil.rmtree(tmp_path / "escape", ignore_errors=True)
+        safe_extract(tmp_path / "escape.zip", tmp_path / "escape")
+        with pytest.raises(ArchiveError, match="labels.csv line 2: file .* is not a file inside the archive"):
+            labelled_films(tmp_path / "escape")
     make_zip(tmp_path / "bare.zip", {"scan.jpeg": b"x"})
     safe_extract(tmp_path / "bare.zip", tmp_path / "bare")
     with pytest.raises(ArchiveError, match="No labelled films"):

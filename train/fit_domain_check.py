@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from pneumo_hf.data import patient_id
+from pneumo_hf.data import patient_halves, patient_id
 from pneumo_hf.domain import SHRINKAGE, crossfit_flagged, fit_domain_check
 from pneumo_hf.hub import readable_split
 from pneumo_hf.imaging import IMAGE_SUFFIXES, ImageError, load_image
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     print(f"{'calibration: ' + name:<48}{check.info['calibration_films']:>5}{check.info['calibration_flagged']:>9.3f}")
     distances = np.concatenate([check.distances(batch) for batch in batches(calibration, transform)])
     if len(distances) == len(groups) and args.crossfit_repeats > 0:
-        shares = crossfit_flagged(distances, groups, labels, args.max_flagged, args.crossfit_repeats, args.seed)
+        shares = crossfit_flagged(distances, patient_halves(labels, groups, args.crossfit_repeats, args.seed), args.max_flagged)
         check.info["crossfit_flagged"] = {"mean": float(np.mean(shares)), "min": float(np.min(shares)), "max": float(np.max(shares)), "halves": len(shares)}
         print(f"{'cross-fit: cut on one half, counted on the other':<48}{len(distances) // 2:>5}{np.mean(shares):>9.3f}  (min {np.min(shares):.3f}, max {np.max(shares):.3f}, {len(shares)} halves)")
     reports = {readable_split(report): folder_films(report) for report in [*args.calibration_dir, *args.report_dir]}
