@@ -21,6 +21,7 @@ import timm
 from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from huggingface_hub.constants import ENDPOINT, HF_HUB_OFFLINE
 
+from .checkpoints import weights_source_sentence
 from .labels import LABELS
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
         model_path=model_id or "path/to/this/folder",
         plain_loading=_plain_loading(summary["family"], summary["architecture"]),
         labels=list(LABELS),
+        linear_probe_c=summary.get("linear_probe_c"),
         **{key: summary[key] for key in ("input_size", "mean", "std", "loss", "class_weights", "epochs_run", "train_images", "train_seconds", "command")},
     )
     card.save(folder / "README.md")
@@ -203,6 +205,8 @@ def _start(summary: dict[str, Any]) -> str:
     if summary["trained_from_scratch"] or not base_model:
         return "trained from random initialisation (no pretrained weights)"
     at = f" at revision `{revision[:12]}`" if revision else ""
+    if summary.get("weights_source"):  # a packaged checkpoint (pneumo-hf checkpoint): no Hub id can be claimed for it
+        return f"fine-tuned from {weights_source_sentence(summary['weights_source'])}"
     if _hub_id(base_model):
         return f"fine-tuned from [`{base_model}`](https://huggingface.co/{base_model}){at}"
     return f"fine-tuned from the checkpoint in the local folder `{Path(base_model).name}`"

@@ -60,6 +60,7 @@ class PneumoniaClassifier(nn.Module):
         test_time_views: Sequence[str] = (),
         base_model: Optional[str] = None,
         base_model_revision: Optional[str] = None,
+        weights_source: Optional[dict[str, Any]] = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -71,6 +72,7 @@ class PneumoniaClassifier(nn.Module):
         self.test_time_views = tuple(test_time_views)
         self.base_model = base_model  # the checkpoint it was fine-tuned from: a Hub id, or a local folder
         self.base_model_revision = base_model_revision
+        self.weights_source = weights_source  # where a packaged checkpoint's weights came from (pneumo_hf.checkpoints)
 
     @property
     def architecture(self) -> str:
@@ -102,6 +104,7 @@ class PneumoniaClassifier(nn.Module):
             "test_time_views": list(self.test_time_views),
             "trained_from_scratch": self.trained_from_scratch,
             **({"base_model": self.base_model, "base_model_revision": self.base_model_revision} if self.base_model else {}),
+            **({"weights_source": self.weights_source} if self.weights_source else {}),
         }
         backbone = _halve(copy.deepcopy(self.backbone), () if half is True else half) if half else self.backbone
         if self.family == "timm":
@@ -128,6 +131,7 @@ class PneumoniaClassifier(nn.Module):
             "test_time_views": tuple(config.get("test_time_views", ())),
             "base_model": config.get("base_model"),
             "base_model_revision": config.get("base_model_revision"),
+            "weights_source": config.get("weights_source"),
         }
         if "architecture" in config:
             labels = tuple(config.get("label_names") or ())
@@ -252,7 +256,7 @@ def from_checkpoint(folder: Path, repo_id: Optional[str] = None, image_size: Opt
     if image_size:
         data_config["input_size"] = (3, image_size, image_size)
     logger.info("Loaded %s weights of %s from %s with a new %d-class head: fine-tuning, not training from scratch.", family, config.get("architecture") or config["model_type"], source, len(LABELS))
-    return PneumoniaClassifier(backbone, family, data_config, trained_from_scratch=False, base_model=repo_id or str(folder), base_model_revision=revision)
+    return PneumoniaClassifier(backbone, family, data_config, trained_from_scratch=False, base_model=repo_id or str(folder), base_model_revision=revision, weights_source=config.get("weights_source"))
 
 
 def _load_transformers_checkpoint(folder: Path, config: dict[str, Any], image_size: Optional[int]) -> tuple[nn.Module, dict[str, Any]]:

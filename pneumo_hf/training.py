@@ -33,7 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 from . import metrics
 from .data import DataError, XrayDataset, class_weights, collate, load_evaluation_set, load_splits
 from .domain import fit_domain_check
-from .film_cache import BatchAugment, cached_films
+from .film_cache import BatchAugment, cached_films, default_cache_dir
 from .hub import SUMMARY_FILE, push_folder, write_model_card
 from .labels import LABELS
 from .models import PneumoniaClassifier, build_classifier, head_of
@@ -61,6 +61,8 @@ class TrainingArguments:
     model_name_or_path: str = field(default="efficientnet_b0", metadata={"help": "A Hub id of a timm or transformers checkpoint (timm/resnet50.a1_in1k, google/vit-base-patch16-224) or a local folder of one: its weights, a new head. A bare timm name (efficientnet_b0) or transformers model type (vit): random init."})
     pretrained: bool = field(default=False, metadata={"help": "With a bare timm name: start from timm's default pretrained tag (the Hub cache, then the Hub); default: random init."})
     freeze_backbone_epochs: int = field(default=0, metadata={"help": "Train the new head alone for this many epochs (backbone frozen: no gradients, BatchNorm in eval mode), then everything; ≥ --num_train_epochs is pure feature extraction."})
+    linear_probe: bool = field(default=False, metadata={"help": "Start the head as a class-balanced logistic regression fitted to convergence on the backbone's pooled features of the train split (computed once, cached); with --num_train_epochs 0 that is the whole run, with more it is LP-FT."})
+    linear_probe_c: float = field(default=0.003, metadata={"help": "Inverse L2 strength of --linear_probe's logistic regression on standardised features."})
     layer_decay: Optional[float] = field(default=None, metadata={"help": "Layer-wise learning-rate decay (timm's param_groups_layer_decay), e.g. 0.75: each layer down from the head learns at this factor of the one above."})
     config_overrides: Optional[str] = field(default=None, metadata={"help": "For a transformers model type: 'hidden_size=192,num_hidden_layers=12,...'."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Input side in pixels; default: the model's own."})
@@ -125,6 +127,10 @@ class TrainingArguments:
             raise ValueError(f"--random_erasing {self.random_erasing}: give a probability between 0 and 1, e.g. 0.25.")
         if self.freeze_backbone_epochs < 0:
             raise ValueError(f"--freeze_backbone_epochs {self.freeze_backbone_epochs}: give 0 (off) or a number of epochs.")
+        if self.linear_probe_c <= 0:
+            raise ValueError(f"--linear_probe_c {self.linear_probe_c}: give a positive value, e.g. 0.003.")
+        if self.num_train_epochs == 0 and not self.linear_probe:
+            raise ValueError("--num_train_epochs 0 trains nothing; give a number of epochs, or add --linear_probe to fit the head alone.")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"--layer_decay {self.layer_decay}: give a factor in (0, 1], e.g. 0.75.")
         if not 0.5 <= self.min_sensitivity <= 1.0:
@@ -286,6 +292,8 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
         logger.warning("Training %s from random initialisation (no pretrained weights).", classifier.architecture)
     if args.freeze_backbone_epochs:
         head_of(classifier)  # a model without a separate head fails now, not after the first epoch
+    if args.linear_probe and not args.resume_from_checkpoint:  # a resumed run's head comes from its checkpoint
+        _fit_linear_probe(args, classifier, train_set)
     train_loader, validation_loader, augment = _loaders(args, classifier, train_set, validation_set)
     optimizer = torch.optim.AdamW(_parameter_groups(classifier, args), lr=args.learning_rate, weight_decay=args.weight_decay)
     # The prepared scheduler steps once per process per optimizer step, so it is sized on the whole
@@ -309,23 +317,14 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     if args.with_tracking:
         accelerator.init_trackers("pneumo_hf", {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
     progress = tqdm(total=total_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process, desc="train")
+    if args.linear_probe and not state.history:
+        _validate(run, -1, float("nan"))  # the probe is "epoch -1": the start LP-FT must beat, and the whole run with 0 epochs
     for epoch in range(state.epoch, args.num_train_epochs):
         started = time.time()
         train_loss = _train_one_epoch(run, epoch, progress)
-        validated = ema.module if ema is not None else model
-        logits, labels = evaluate(validated, validation_loader, accelerator)
-        row = _epoch_summary(epoch, train_loss, logits, labels)
-        state.history.append(row)
-        accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
-        if args.with_tracking:
-            accelerator.log(row, step=state.completed_steps)
-        improved = row["validation_roc_auc"] > state.best_roc_auc
-        state.best_roc_auc = max(state.best_roc_auc, row["validation_roc_auc"])
-        state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+        _validate(run, epoch, train_loss)
         state.epoch, state.batches_done = epoch + 1, 0
         state.train_seconds += time.time() - started
-        if improved and accelerator.is_main_process:
-            accelerator.unwrap_model(validated).save_pretrained(output_dir / "best_model")
         if args.checkpointing_steps == "epoch":
             _save_checkpoint(accelerator, state)
         if args.early_stopping_patience and state.epochs_without_improvement >= args.early_stopping_patience:
@@ -337,6 +336,32 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     if args.with_tracking:
         accelerator.end_training()
     return results
+
+
+def _fit_linear_probe(args: TrainingArguments, classifier: PneumoniaClassifier, train_set: datasets.Dataset) -> None:
+    """The head as a logistic regression on the backbone's pooled features of the train split (pneumo_hf.linear_probe)."""
+    from .linear_probe import fit_linear_head, pooled_features, set_linear_head
+
+    films = cached_films(train_set, classifier.data_config, args.film_cache_dir, num_workers=args.dataloader_num_workers)
+    features, labels = pooled_features(classifier, films, Path(args.film_cache_dir).expanduser() if args.film_cache_dir else default_cache_dir(), args.per_device_eval_batch_size)
+    set_linear_head(classifier, *fit_linear_head(features, labels, args.linear_probe_c, args.seed))
+
+
+def _validate(run: _Run, epoch: int, train_loss: float) -> None:
+    """Score the validation split, log the epoch's row, and keep the weights as best_model when its ROC-AUC improved."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    validated = run.ema.module if run.ema is not None else run.model
+    logits, labels = evaluate(validated, run.validation_loader, accelerator)
+    row = _epoch_summary(epoch, train_loss, logits, labels)
+    state.history.append(row)
+    accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+    if args.with_tracking:
+        accelerator.log(row, step=state.completed_steps)
+    improved = row["validation_roc_auc"] > state.best_roc_auc
+    state.best_roc_auc = max(state.best_roc_auc, row["validation_roc_auc"])
+    state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+    if improved and accelerator.is_main_process:
+        accelerator.unwrap_model(validated).save_pretrained(Path(args.output_dir) / "best_model")
 
 
 def _parameter_groups(classifier: PneumoniaClassifier, args: TrainingArguments) -> list:
@@ -511,7 +536,7 @@ def _finish(run: _Run) -> dict[str, Any]:
         **{f"test_dev_{k}": v for k, v in (test_dev_found or {}).items()},
         **{f"validation_{k}": v for k, v in found.items()},
         "temperature": classifier.temperature,
-        "epochs_run": len(state.history),
+        "epochs_run": state.epoch,
         "train_images": n_train,
         "skipped_images": state.skipped_images,
         "train_seconds": state.train_seconds,
@@ -530,6 +555,8 @@ def _finish(run: _Run) -> dict[str, Any]:
         "trained_from_scratch": classifier.trained_from_scratch,
         "base_model": classifier.base_model,
         "base_model_revision": classifier.base_model_revision,
+        "weights_source": classifier.weights_source,
+        "linear_probe_c": args.linear_probe_c if args.linear_probe else None,
         "threshold_rule": f"the most specific threshold that keeps validation sensitivity ≥ {args.min_sensitivity}",
         "temperature": classifier.temperature,
         "test_time_views": list(classifier.test_time_views),
@@ -539,7 +566,7 @@ def _finish(run: _Run) -> dict[str, Any]:
         "std": list(classifier.data_config["std"]),
         "loss": args.loss,
         "class_weights": [round(w, 3) for w in weights.tolist()],
-        "epochs_run": len(state.history),
+        "epochs_run": state.epoch,
         "train_images": n_train,
         "train_seconds": state.train_seconds,
         "command": command,
