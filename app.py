@@ -14,7 +14,11 @@ import os
 # served 0.64 of Gradio's ceiling, one thread each 0.87 (README, "App speed"); torch.set_num_threads does not
 # reach Gradio's worker threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy by default: the operator may turn Gradio's usage analytics on
+# Privacy by default: Gradio's usage analytics and its run history (every film and result kept in the visitor's browser,
+# with an offer to push them to a Hub bucket) are off unless the operator turns them on; the MCP server is on.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("GRADIO_RUN_HISTORY", "False")
+os.environ.setdefault("GRADIO_MCP_SERVER", "True")
 import csv
 import json
 import re
@@ -89,20 +93,52 @@ def output_path(kind: str, suffix: str) -> Path:
     return folder / f"{uuid.uuid4().hex}{suffix}"
 
 
-def overlay_file(prediction: Prediction) -> str:
-    """The heatmap over the film as a JPEG under a name of its own in Gradio's cache: served as it is, removed
-    with the cache, and never shared by two requests (identical outputs under one cached name raced)."""
-    blended = overlay(prediction.image, prediction.heatmap)
-    blended.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
-    path = output_path("overlays", ".jpg")
-    blended.save(path, quality=90)
+def overlay_file(prediction: Prediction, kind: str = "overlays", blended: bool = True) -> str:
+    """The heatmap over the film (or, with `blended` False, the film alone at the same size) as a JPEG under a name of
+    its own in Gradio's cache: served as it is, removed with the cache, and never shared by two requests (identical
+    outputs under one cached name raced)."""
+    picture = overlay(prediction.image, prediction.heatmap) if blended else prediction.image.convert("RGB")
+    picture.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
+    path = output_path(kind, ".jpg")
+    picture.save(path, quality=90)
     return str(path)
 
 
-def predict(file: Optional[str], model_name: str) -> tuple[Prediction, str, Prediction]:
-    """The /predict endpoint: label confidences (headed by the decision), then the heatmap overlay."""
+def predict_page(file: Optional[str], model_name: str) -> tuple[Prediction, str, Prediction]:
+    """The page's prediction: label confidences (headed by the decision), the heatmap overlay, and the prediction kept."""
     prediction = _predict(file, model_name, heatmap=True)
     return prediction, overlay_file(prediction), prediction
+
+
+def predict_overlay(file: Optional[str]) -> tuple[Prediction, str]:
+    """The /predict endpoint of gradio_client (the first model served): label confidences, then the heatmap overlay."""
+    return predict_page(file, model_choices()[0])[:2]
+
+
+def film_and_heatmap(prediction: Optional[Prediction], heatmap_path: Optional[str]) -> Optional[tuple[str, str]]:
+    """The slider's two sides: the film, and the heatmap over it at the same size."""
+    if prediction is None or not heatmap_path:
+        return None
+    return overlay_file(prediction, "films", blended=False), heatmap_path
+
+
+def predict(film: str, model_name: str) -> tuple[dict[str, Any], str]:
+    """NORMAL or PNEUMONIA for one frontal chest X-ray (a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM file), with a heatmap of
+    where the model looked. Not a medical device: a research
+    model trained on frontal (anterior-posterior) chest films of children aged 1 to 5 from one hospital; do not use it
+    to diagnose or treat anyone, and expect it to fail on adults, other views and other body parts.
+
+    Args:
+        film: One frontal chest X-ray as a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM file (a URL or a base64 data URI).
+        model_name: Which of the served models answers; leave it at its default.
+
+    Returns:
+        A JSON object with `decision` (NORMAL or PNEUMONIA, taken at the model's stored threshold), `probabilities`
+        (calibrated), `threshold`, `warnings` (sentences for a person: read them before the decision) and `model`; then
+        the heatmap over the film as an image (red: where the model saw PNEUMONIA).
+    """
+    prediction = _predict(film, model_name, heatmap=True)
+    return details_of(prediction, model_name), overlay_file(prediction)
 
 
 def details_of(prediction: Optional[Prediction], model_name: str) -> Optional[dict[str, Any]]:
@@ -118,8 +154,10 @@ def details_of(prediction: Optional[Prediction], model_name: str) -> Optional[di
     }
 
 
-def details(file: Optional[str], model_name: str) -> dict[str, Any]:
-    """The /details endpoint: decision, probabilities, threshold, warnings and model as one JSON object."""
+def details(file: Optional[str]) -> dict[str, Any]:
+    """The /details endpoint of gradio_client (the first model served): decision, probabilities, threshold, warnings
+    and model as one JSON object."""
+    model_name = model_choices()[0]
     return details_of(_predict(file, model_name, heatmap=False), model_name)
 
 
@@ -133,10 +171,11 @@ def describe(prediction: Optional[Prediction]) -> str:
     return "\n\n".join(lines)
 
 
-def show_example(file: str, model_name: str) -> tuple[Prediction, str, str]:
+def show_example(file: str, model_name: str) -> tuple[Prediction, tuple[str, str], str, str]:
     """A click on an example: all that an upload shows, in one call so that it can be cached."""
     prediction = _predict(file, model_name, heatmap=True)
-    return prediction, overlay_file(prediction), describe(prediction)
+    heatmap = overlay_file(prediction)
+    return prediction, film_and_heatmap(prediction, heatmap), heatmap, describe(prediction)
 
 
 CHECK_NOTE = (
@@ -148,8 +187,25 @@ CHECK_NOTE = (
 )
 
 
+def evaluate(archive: str, model_name: str) -> tuple[dict[str, Any], str]:
+    """How well the model does on your own labelled chest X-rays, at its stored threshold: one .zip with NORMAL/ and
+    PNEUMONIA/ folders, or the films and a labels.csv of file,label. Not a medical device: a research
+    model trained on frontal chest films of children aged 1 to 5 from one hospital.
+
+    Args:
+        archive: One .zip of labelled films: NORMAL/ and PNEUMONIA/ folders at any depth (any capitalisation), or the
+            films with a labels.csv of file,label. JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM; at most 1,000 films.
+        model_name: Which of the served models answers; leave it at its default.
+
+    Returns:
+        A JSON object {n, accuracy, roc_auc, sensitivity, specificity, ece, threshold, confusion: {tn, fp, fn, tp},
+        errors: [{file, error}], notes}; then a per-film CSV.
+    """
+    return check_films(archive, model_name)
+
+
 def check_films(archive: Optional[str], model_name: str, progress=gr.Progress(track_tqdm=True)) -> tuple[dict[str, Any], str]:
-    """The /evaluate endpoint: one .zip of labelled films → the figures at the stored threshold (JSON), then the per-film CSV."""
+    """The check tab: `evaluate` with a progress bar."""
     if not archive:
         raise gr.Error("Upload a .zip of labelled films first (NORMAL/ and PNEUMONIA/ folders, or films with a labels.csv).")
     try:
@@ -178,6 +234,7 @@ def check_report(summary: Optional[dict[str, Any]], table: Optional[str]) -> tup
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {summary['n']} | {cell(summary['accuracy'])} | {cell(summary['roc_auc'])} | {cell(summary['sensitivity'])} | {cell(summary['specificity'])} | "
         f"{cell(summary['ece'])} | {summary['threshold']:.3f} | {confusion['tn']} {confusion['fp']} {confusion['fn']} {confusion['tp']} | {len(summary['errors'])} |",
+        *(f"\n{note}" for note in summary.get("notes", [])),
     ]
     with open(table, newline="") as file:
         rows = [row for row in csv.DictReader(file) if not row["error"]]
@@ -206,11 +263,21 @@ def deleted_within_minutes() -> int:
     return max(1, round(1.5 * KEEP_FILES_SECONDS / 60))
 
 
+def _switched_on(variable: str) -> bool:
+    return os.environ.get(variable, "").lower() in ("1", "true")
+
+
 def privacy_line() -> str:
-    analytics = "on (the operator turned them on)" if os.environ.get("GRADIO_ANALYTICS_ENABLED", "").lower() in ("1", "true") else "off (`GRADIO_ANALYTICS_ENABLED=True` turns them on)"
+    """Where films and results are kept and for how long, from the settings in force."""
+    analytics = "on (the operator turned them on)" if _switched_on("GRADIO_ANALYTICS_ENABLED") else "off"
+    history = (
+        "The operator turned Gradio's run history on: calls of this app's public API endpoints from your browser are kept in it until you clear them."
+        if _switched_on("GRADIO_RUN_HISTORY")
+        else "Nothing is kept in your browser (Gradio's run history is off)."
+    )
     return (
-        f"Uploaded films and their results are deleted from the server within {deleted_within_minutes()} minutes; Gradio's usage analytics are {analytics}. "
-        "Patients' films belong on a local copy (`python app.py`), not on a public Space."
+        f"Uploaded films and their results are deleted from the server within {deleted_within_minutes()} minutes. {history} "
+        f"Gradio's usage analytics are {analytics}. Patients' films belong on a local copy (`python app.py`), not on a public Space."
     )
 
 
@@ -293,13 +360,17 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
                 with gr.Column():
                     label = DecisionLabel(label="Decision (calibrated probabilities below)", num_top_classes=2, elem_id="decision-label")
                     decision = gr.Markdown(elem_id="decision")
-                    heatmap = gr.Image(label="Heatmap (where the model looked for PNEUMONIA)", interactive=False, height=360)
+                    slider = gr.ImageSlider(
+                        label="Film ◀ drag ▶ heatmap (red: where the model looked for PNEUMONIA)", type="filepath", interactive=False, height=420,
+                        buttons=["fullscreen"], elem_id="film-heatmap",
+                    )
+                    heatmap = gr.File(label="Heatmap over the film (JPEG)", interactive=False, elem_id="heatmap-file")
                     with gr.Accordion("For programmers: what /details returns for this film", open=False):
                         details_json = gr.JSON(label="details")
             state = gr.State()
             if examples and model_ready:
                 gr.Examples(
-                    [[str(path)] for path in examples], inputs=image, outputs=[label, heatmap, decision], fn=lambda file: show_example(file, choices[0]),
+                    [[str(path)] for path in examples], inputs=image, outputs=[label, slider, heatmap, decision], fn=lambda file: show_example(file, choices[0]),
                     cache_examples=True, cache_mode="lazy", examples_per_page=8, api_visibility="private",
                     label="Examples (click one)" if len(choices) == 1 else f"Examples (click one; answered by {choices[0]})",
                 )
@@ -319,16 +390,25 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
             card = gr.Markdown()
             plots = gr.Gallery(label="Plots: the official test split's half A (films it never saw) first, then validation", columns=3, height="auto")
         upload.change(preview, inputs=upload, outputs=image, api_visibility="private")
-        check_button.click(check_films, inputs=[archive, model], outputs=[check_json, check_csv], api_name="evaluate").then(
+        # The MCP tools are the public endpoints: predict (/predict_film) and evaluate. /predict and /details serve
+        # gradio_client as before ("undocumented": callable, not tools; the first model served); the page's events are private.
+        check_button.click(check_films, inputs=[archive, model], outputs=[check_json, check_csv], api_visibility="private").then(
             check_report, inputs=[check_json, check_csv], outputs=[check_table, check_plots], api_visibility="private"
         )
-        gr.on([button.click, upload.upload], predict, inputs=[upload, model], outputs=[label, heatmap, state], api_name="predict").then(
-            describe, inputs=state, outputs=decision, api_visibility="private"
-        ).then(details_of, inputs=[state, model], outputs=details_json, api_visibility="private")
-        gr.Button(visible=False).click(details, inputs=[upload, model], outputs=details_json, api_name="details")
-        more.select(pick_more, outputs=upload, api_visibility="private").then(predict, inputs=[upload, model], outputs=[label, heatmap, state], api_visibility="private").then(
-            describe, inputs=state, outputs=decision, api_visibility="private"
-        )
+
+        def then_show(event):  # after the prediction: the slider, the sentence beside the decision, the details
+            event.then(film_and_heatmap, inputs=[state, heatmap], outputs=slider, api_visibility="private").then(describe, inputs=state, outputs=decision, api_visibility="private").then(
+                details_of, inputs=[state, model], outputs=details_json, api_visibility="private"
+            )
+
+        then_show(gr.on([button.click, upload.upload], predict_page, inputs=[upload, model], outputs=[label, heatmap, state], api_visibility="private"))
+        then_show(more.select(pick_more, outputs=upload, api_visibility="private").then(predict_page, inputs=[upload, model], outputs=[label, heatmap, state], api_visibility="private"))
+        api_only = gr.Button(visible=False)  # endpoints with no control of their own on the page
+        api_only.click(predict_overlay, inputs=upload, outputs=[label, heatmap], api_name="predict", api_visibility="undocumented")
+        api_only.click(details, inputs=upload, outputs=details_json, api_name="details", api_visibility="undocumented")
+        # Unqueued: Gradio 6.31's MCP server returns a queued tool's several outputs as one text
+        api_only.click(predict, inputs=[upload, model], outputs=[details_json, heatmap], api_name="predict_film", queue=False)
+        api_only.click(evaluate, inputs=[archive, model], outputs=[check_json, check_csv], api_name="evaluate", queue=False)
         model.change(about, inputs=model, outputs=[card, plots, notice], api_visibility="private")
         demo.load(about, inputs=model, outputs=[card, plots, notice], api_visibility="private")
         demo.load(more_examples, outputs=more, api_visibility="private")

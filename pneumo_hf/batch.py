@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from .imaging import ImageError, is_film_file, load_image, xray_warnings
+from .imaging import ImageError, film_files, load_image, xray_warnings
 from .inference import Predictor
 from .labels import LABELS
 
@@ -77,7 +77,7 @@ def _films_of(name: str, split: str) -> list[Film]:
     if path.is_dir():
         if any(path.rglob("*.parquet")):
             return _dataset_films(str(path), split)
-        return [Film(str(p), str(p)) for p in sorted(path.rglob("*")) if is_film_file(p)]
+        return [Film(str(p), str(p)) for p in film_files(path)]
     if name.count("/") == 1 and not path.exists():
         return _dataset_films(name, split)
     raise InputError(f"{name}: no such file or folder, and not a Hub data set id (ORG/NAME); pass films, folders, a list of paths or a data set.")

@@ -25,7 +25,7 @@ ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageError", "load_image", "is_dicom_file", "is_film_file", "xray_warnings", "IMAGE_SUFFIXES", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
+__all__ = ["ImageError", "load_image", "film_files", "hidden_in", "is_dicom_file", "is_film_file", "xray_warnings", "IMAGE_SUFFIXES", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
 
 
 class ImageError(ValueError):
@@ -69,9 +69,26 @@ def is_dicom_file(path: Union[str, os.PathLike]) -> bool:
         return file.read(132)[128:132] == b"DICM"
 
 
+NOT_FILMS = {"dicomdir", "thumbs.db", "desktop.ini"}  # a DICOM media index (PACS exports, CDs) and Windows' folder files
+
+
 def is_film_file(path: Path) -> bool:
-    """A file to read as a film: an image or DICOM suffix, or no suffix and a DICOM preamble."""
-    return path.is_file() and (path.suffix.lower() in IMAGE_SUFFIXES or (not path.suffix and is_dicom_file(path)))
+    """A file to read as a film: an image or DICOM suffix, or any other name (none, or a UID's last digits as PACS
+    exports write `1.2.840...45.1`) with a DICOM preamble; never a DICOMDIR index, Thumbs.db or desktop.ini."""
+    if not path.is_file() or path.name.lower() in NOT_FILMS:
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(path)
+
+
+def film_files(folder: Path) -> list[Path]:
+    """Every film under `folder`, sorted, as a person counts them: macOS' `__MACOSX/` copies and `._` resource forks,
+    other dot files and dot folders, DICOMDIR indexes and Windows' Thumbs.db are not films and are passed over."""
+    return [path for path in sorted(Path(folder).rglob("*")) if not hidden_in(path, folder) and is_film_file(path)]
+
+
+def hidden_in(path: Path, root: Path) -> bool:
+    """A path under `root` that an archive tool added: macOS' `__MACOSX/` and any dot file or dot folder."""
+    return any(part.startswith((".", "__MACOSX")) for part in path.relative_to(root).parts)
 
 
 def _is_dicom(data: bytes, source: object) -> bool:

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import metrics
 from .batch import COLUMNS, Film, predict_archive
-from .imaging import is_film_file
+from .imaging import film_files, hidden_in
 from .inference import Predictor
 from .labels import LABEL2ID, LABELS
 
@@ -82,8 +82,10 @@ def _check_entry(entry: zipfile.ZipInfo) -> None:
 
 def labelled_films(folder: Path) -> list[tuple[str, Path, int]]:
     """(name in the archive, path, label id) of each film: listed by the shallowest `labels.csv` (`file,label`, files
-    relative to it), else every image or DICOM file under a folder named NORMAL or PNEUMONIA at any depth."""
-    listings = sorted((path for path in folder.rglob("labels.csv") if not _hidden(path, folder)), key=lambda path: len(path.parts))
+    relative to it; any capitalisation of the name, header and labels, a spreadsheet's byte-order mark, `;` or tab
+    between columns), else every image or DICOM file under a folder named NORMAL or PNEUMONIA (any capitalisation) at
+    any depth. What an archive tool adds (`__MACOSX/`, `._` files, Thumbs.db, DICOMDIR) is not a film."""
+    listings = sorted((path for path in folder.rglob("*") if path.name.lower() == "labels.csv" and path.is_file() and not hidden_in(path, folder)), key=lambda path: len(path.parts))
     films = _listed(listings[0], folder) if listings else _foldered(folder)
     if not films:
         raise ArchiveError("No labelled films in the archive: put them in NORMAL/ and PNEUMONIA/ folders, or add a labels.csv with the columns file,label.")
@@ -92,13 +94,25 @@ def labelled_films(folder: Path) -> list[tuple[str, Path, int]]:
     return films
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    """macOS' __MACOSX/ copies and dot files, which Finder adds to every zip."""
-    return any(part.startswith((".", "__MACOSX")) for part in path.relative_to(root).parts)
+def _rows(listing: Path) -> list[dict[str, str]]:
+    """labels.csv as a spreadsheet saves it: UTF-8 with or without a byte-order mark (else Latin-1), `,`, `;` or tab
+    between columns, header names in any case; rows with nothing in them dropped."""
+    data = listing.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    try:
+        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text), dialect)
+    header = [name.strip().lower() for name in next(reader, [])]
+    return [dict(zip(header, (cell.strip() for cell in cells), strict=False)) for cells in reader if any(cell.strip() for cell in cells)]
 
 
 def _listed(listing: Path, root: Path) -> list[tuple[str, Path, int]]:
-    rows = list(csv.DictReader(io.StringIO(listing.read_text(errors="replace"))))
+    rows = _rows(listing)
     if not rows or not {"file", "label"} <= set(rows[0]):
         raise ArchiveError("labels.csv needs the columns file,label (label NORMAL or PNEUMONIA, or 0 or 1).")
     films = []
@@ -108,7 +122,7 @@ def _listed(listing: Path, root: Path) -> list[tuple[str, Path, int]]:
         label_id = LABEL2ID.get(label, int(label) if label in ("0", "1") else None)
         if label_id is None:
             raise ArchiveError(f"labels.csv line {number}: label {row['label']!r} is neither NORMAL nor PNEUMONIA (nor 0 or 1).")
-        path = (listing.parent / (row.get("file") or "").strip()).resolve()
+        path = (listing.parent / (row.get("file") or "").strip().replace("\\", "/")).resolve()
         if not path.is_relative_to(inside) or path == listing.parent.resolve():
             raise ArchiveError(f"labels.csv line {number}: file {row.get('file')!r} is not a file inside the archive; list the films by their names in it.")
         films.append((str(path.relative_to(inside)), path, label_id))
@@ -117,9 +131,7 @@ def _listed(listing: Path, root: Path) -> list[tuple[str, Path, int]]:
 
 def _foldered(root: Path) -> list[tuple[str, Path, int]]:
     films = []
-    for path in sorted(root.rglob("*")):
-        if _hidden(path, root) or not is_film_file(path):
-            continue
+    for path in film_files(root):
         label = next((part.upper() for part in reversed(path.relative_to(root).parts[:-1]) if part.upper() in LABEL2ID), None)
         if label is not None:
             films.append((str(path.relative_to(root)), path, LABEL2ID[label]))
@@ -163,10 +175,28 @@ def summarise(rows: list[dict], threshold: float) -> dict[str, Any]:
         "n": len(scored),
         "accuracy": figure("accuracy"),
         "roc_auc": figure("roc_auc"),
-        "sensitivity": figure("recall"),
-        "specificity": figure("specificity"),
+        "sensitivity": figure("recall") if (labels == 1).any() else None,  # undefined without films of the label
+        "specificity": figure("specificity") if (labels == 0).any() else None,
         "ece": figure("ece"),
         "threshold": threshold,
         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
         "errors": [{"file": row["path"], "error": row["error"]} for row in rows if row["error"]],
+        "notes": _notes(labels, len(rows) - len(scored)),
     }
+
+
+def _notes(labels: np.ndarray, unreadable: int) -> list[str]:
+    """Sentences for the figures that cannot be given, saying why and what is still measured."""
+    notes = []
+    if not len(labels):
+        return [f"None of the {unreadable} films could be read, so nothing is measured; the errors say why for each."]
+    present = [LABELS[label] for label in (0, 1) if (labels == label).any()]
+    if len(present) == 1:
+        missing, undefined = ("PNEUMONIA", "sensitivity") if present == ["NORMAL"] else ("NORMAL", "specificity")
+        notes.append(
+            f"All {len(labels)} readable films are {present[0]}: with no {missing} film, ROC-AUC and {undefined} cannot be measured; "
+            f"accuracy, {'specificity' if undefined == 'sensitivity' else 'sensitivity'} and ECE are."
+        )
+    if unreadable:
+        notes.append(f"{unreadable} film{'s' if unreadable > 1 else ''} could not be read and {'are' if unreadable > 1 else 'is'} not counted; see errors.")
+    return notes

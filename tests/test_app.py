@@ -1,6 +1,7 @@
 """The Space: build_demo builds; a real server answers gradio_client and a real headless Chromium."""
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -232,6 +233,46 @@ def test_browser_upload_shows_label_and_heatmap(server, image_folder, tmp_path):
         assert page.locator("img").count() >= 2  # preview and heatmap
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_keeps_nothing_of_the_film_and_drags_film_against_heatmap(server, image_folder):
+    """Run history off by default: after a prediction the page's localStorage, sessionStorage and IndexedDB hold nothing
+    of the film or its result, and the footer has no "Runs" link. The film and its heatmap share one slider."""
+    from playwright.sync_api import expect, sync_playwright
+
+    film = next((image_folder / "PNEUMONIA").iterdir())
+    with sync_playwright() as playwright:
+        page = browser(playwright).new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(server)
+        page.get_by_text("Nothing is kept in your browser").wait_for(timeout=30_000)
+        page.locator("input[type=file]").first.set_input_files(str(film))
+        page.locator("#decision").get_by_text("this film is").wait_for(timeout=60_000)
+        sides = page.locator("#film-heatmap [data-testid=imageslider-image]")
+        expect(sides).to_have_count(2, timeout=30_000)
+        assert "/films/" in sides.nth(0).get_attribute("src") and "/overlays/" in sides.nth(1).get_attribute("src")
+        page.wait_for_timeout(1_000)  # whatever the page would store, it has stored by now
+
+        stored = page.evaluate("""async () => {
+            const dump = (storage) => Object.keys(storage).map((key) => key + '=' + storage.getItem(key)).join('\\n');
+            const databases = await indexedDB.databases();
+            return {local: dump(localStorage), session: dump(sessionStorage), databases: databases.map((d) => d.name)};
+        }""")
+        kept = stored["local"] + stored["session"]
+        assert film.name not in kept and "PNEUMONIA" not in kept and "overlays" not in kept, kept
+        assert stored["databases"] == [], stored["databases"]
+        assert page.locator("footer").get_by_text("Runs").count() == 0
+        assert json.loads(urllib.request.urlopen(f"{server}config", timeout=10).read())["run_history"] is False
+
+        before = sides.nth(1).evaluate("image => getComputedStyle(image).clipPath")
+        box = page.locator("#film-heatmap .slider-wrap").bounding_box()
+        middle_y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] / 2, middle_y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.2, middle_y, steps=8)
+        page.mouse.up()
+        after = sides.nth(1).evaluate("image => getComputedStyle(image).clipPath")
+        assert before != after, (before, after)  # the divider moved: more of the heatmap shows
+
+
 ADULT = REAL_DATA.parents[1] / "adult_check" / "figure1"
 FILMS = {
     "normal": next(iter(sorted((REAL_DATA / "NORMAL").glob("*.jpeg"))), None) if REAL_DATA.is_dir() else None,
@@ -289,7 +330,7 @@ def test_evaluate_endpoint_returns_the_figures_then_the_per_film_csv(default_ser
 
     client = Client(default_server, verbose=False)
     summary, table = client.predict(handle_file(str(films_zip(tmp_path / "films.zip", {"site/NORMAL/broken.jpeg": b"x"}))), api_name="/evaluate")
-    assert set(summary) == {"n", "accuracy", "roc_auc", "sensitivity", "specificity", "ece", "threshold", "confusion", "errors"}
+    assert set(summary) == {"n", "accuracy", "roc_auc", "sensitivity", "specificity", "ece", "threshold", "confusion", "errors", "notes"}
     assert summary["n"] == 8 and sum(summary["confusion"].values()) == 8 and [error["file"] for error in summary["errors"]] == ["site/NORMAL/broken.jpeg"]
     lines = Path(table).read_text().splitlines()
     assert lines[0].endswith(",error,label") and len(lines) == 1 + 9

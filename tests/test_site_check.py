@@ -128,3 +128,79 @@ def test_calibrate_meets_the_sensitivity_keeps_the_weights_and_says_so(tmp_path)
     card = ModelCard.load(output / "README.md").text
     assert "## Calibrated on a site's films" in card and f"| refit, on the same films (optimistic) | {report['after']['temperature']:.3f} | {report['after']['threshold']:.3f} |" in card
     assert calibrate.main(["--model", str(DEFAULT_MODEL_DIR), "--data_dir", str(films), "--output_dir", str(output)]) == 1  # not over a folder
+
+
+def dicom_of(film: Path) -> bytes:
+    """An example film as a PACS exports it: a DICOM file with its preamble."""
+    from conftest import make_dicom
+    from PIL import Image
+
+    return make_dicom(np.asarray(Image.open(film).convert("L")))
+
+
+def dicomdir() -> bytes:
+    """A DICOMDIR media index as a PACS export or a CD carries beside the films: DICOM, but no picture."""
+    import io
+
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    index = Dataset()
+    index.file_meta = meta
+    index.FileSetID = "EXPORT"
+    buffer = io.BytesIO()
+    index.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def layouts() -> dict[str, dict[str, bytes]]:
+    """Archives as computers make them, each holding the eight example films (4 NORMAL, 4 PNEUMONIA) and what else
+    their tools add."""
+    films = find_examples()[0]
+    names = {film: f"{film.parent.name}/{film.name}" for film in films}
+    mac = {f"Films/{name}": film.read_bytes() for film, name in names.items()}
+    mac |= {f"__MACOSX/Films/{Path(name).parent}/._{film.name}": b"\x00\x05\x16\x07resource fork" for film, name in names.items()}
+    mac |= {"Films/.DS_Store": b"\x00\x00\x00\x01Bud1", "Films/NORMAL/.DS_Store": b"Bud1"}
+    windows = {f"Export\\{film.parent.name.capitalize()}\\{film.name.upper().replace('.JPEG', '.JPG')}": film.read_bytes() for film in films}
+    windows |= {"Export\\Normal\\Thumbs.db": b"\xd0\xcf\x11\xe0thumbnail cache", "Export\\desktop.ini": b"[.ShellClassInfo]\r\n"}
+    rows = "".join(f"images\\{film.name};{film.parent.name.lower()}\r\n" for film in films)
+    spreadsheet = {f"images/{film.name}": film.read_bytes() for film in films}
+    spreadsheet["Labels.CSV"] = "\ufeffFile;Label\r\n".encode() + rows.encode() + b";\r\n"
+    pacs = {f"EXPORT/{film.parent.name}/1.2.826.0.1.3680043.8.498.{index}{'' if index % 2 else '.1'}": dicom_of(film) for index, film in enumerate(films)}
+    pacs |= {"EXPORT/DICOMDIR": dicomdir(), "EXPORT/NORMAL/README.TXT": b"exported by the PACS"}
+    return {"mac": mac, "windows": windows, "spreadsheet": spreadsheet, "pacs": pacs}
+
+
+@pytest.mark.parametrize("layout", ["mac", "windows", "spreadsheet", "pacs"])
+def test_archives_as_computers_make_them_count_the_films_and_ignore_the_rest(tmp_path, layout):
+    archive = make_zip(tmp_path / f"{layout}.zip", layouts()[layout])
+    summary, rows = check_archive(load_predictor(), archive, tmp_path / "work", tmp_path / "films.csv")
+    assert summary["n"] == 8 and summary["errors"] == [] and summary["notes"] == [], summary
+    assert sorted(row["label"] for row in rows) == ["NORMAL"] * 4 + ["PNEUMONIA"] * 4
+    assert summary["roc_auc"] is not None and summary["sensitivity"] is not None
+
+
+def test_the_batch_command_reads_the_same_folders_the_same_way(tmp_path):
+    from pneumo_hf.batch import collect_inputs
+
+    for layout in ("mac", "pacs"):
+        safe_extract(make_zip(tmp_path / f"{layout}.zip", layouts()[layout]), tmp_path / layout)
+        films = collect_inputs([str(tmp_path / layout)])
+        assert len(films) == 8 and not any("__MACOSX" in film.key or "DICOMDIR" in film.key or "README" in film.key for film in films), [film.key for film in films]
+
+
+def test_an_archive_of_one_label_says_what_it_cannot_measure_and_what_it_does(tmp_path):
+    normals = {f"NORMAL/{film.name}": film.read_bytes() for film in find_examples()[0] if film.parent.name == "NORMAL"}
+    summary, _ = check_archive(load_predictor(), make_zip(tmp_path / "normal.zip", {**normals, "NORMAL/broken.jpeg": b"torn"}), tmp_path / "work", tmp_path / "n.csv")
+    assert summary["n"] == 4 and summary["roc_auc"] is None and summary["sensitivity"] is None and summary["specificity"] is not None
+    assert summary["notes"] == [
+        "All 4 readable films are NORMAL: with no PNEUMONIA film, ROC-AUC and sensitivity cannot be measured; accuracy, specificity and ECE are.",
+        "1 film could not be read and is not counted; see errors.",
+    ]
+    summary, _ = check_archive(load_predictor(), make_zip(tmp_path / "torn.zip", {"PNEUMONIA/a.jpeg": b"torn", "NORMAL/b.png": b"torn"}), tmp_path / "work", tmp_path / "t.csv")
+    assert summary["n"] == 0 and summary["notes"] == ["None of the 2 films could be read, so nothing is measured; the errors say why for each."]
