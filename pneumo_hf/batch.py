@@ -138,7 +138,7 @@ def _part(output: Path, rank: int) -> Path:
     return output.with_name(f"{output.name}.part-{rank}.csv")
 
 
-def _written_rows(output: Path) -> dict[str, dict]:
+def written_rows(output: Path) -> dict[str, dict]:
     """Complete rows already written for `output`: its merged file and the parts of a run that was stopped."""
     rows: dict[str, dict] = {}
     for part in [output, *sorted(output.parent.glob(f"{output.name}.part-*.csv"))]:
@@ -168,7 +168,7 @@ def predict_archive(
     """Predict `films` into `output`, resuming a stopped run; with an `accelerator`, this process's shard only.
     Returns counts: films, predicted now, skipped as already written, errors."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    done = _written_rows(output)
+    done = written_rows(output)
     if accelerator:
         accelerator.wait_for_everyone()  # all read what was written before anyone writes
     todo = [film for film in films if film.key not in done][rank::world]
@@ -231,7 +231,7 @@ def _write_overlay(prediction, key: str, folder: Path) -> None:
 
 def _merge(films: Sequence[Film], output: Path) -> None:
     """One row per film, in input order, into `output`; the parts are removed once it is written."""
-    rows = _written_rows(output)
+    rows = written_rows(output)
     ordered = [rows[film.key] for film in films if film.key in rows]
     temporary = output.with_name(output.name + ".tmp")
     if output.suffix.lower() == ".parquet":

@@ -110,19 +110,19 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
     card.save(folder / "README.md")
 
 
-def weights_sha256(folder: Path) -> Optional[str]:
-    """The first 12 hex digits of the SHA-256 of the folder's model.safetensors, or None without one; hashed once per
-    version of the file (its size and modification time), as the app asks on every page load."""
+def weights_sha256(folder: Path, digits: int = 12) -> Optional[str]:
+    """The first `digits` hex digits of the SHA-256 of the folder's model.safetensors (64: all of it), or None without
+    one; hashed once per version of the file (its size and modification time), as the app asks on every page load."""
     weights = Path(folder, "model.safetensors")
     if not weights.is_file():
         return None
     stat = weights.stat()
-    return _sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+    return _sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)[:digits]
 
 
 @lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def maintainers_results(folder: Path) -> Optional[dict[str, Any]]:

@@ -79,6 +79,18 @@ class Predictor:
         """One image: a path (any image type or DICOM), bytes, a PIL image or a numpy array."""
         return self.predict_batch([source], heatmap=heatmap)[0]
 
+    def to_dicom_sr(self, source):
+        """Predict the DICOM film `source` (a pydicom Dataset) and return its Structured Report (pneumo_hf.dicom_out):
+        `predictor.to_dicom_sr(pydicom.dcmread("film.dcm")).save_as("film.sr.dcm")`."""
+        from pydicom.filebase import DicomBytesIO
+
+        from .dicom_out import identity_of, structured_report
+
+        buffer = DicomBytesIO()
+        source.save_as(buffer, enforce_file_format=False)
+        prediction = self.predict(buffer.getvalue())
+        return structured_report(source, prediction.label, prediction.probabilities["PNEUMONIA"], prediction.threshold, prediction.warnings, identity_of(self))
+
     def predict_batch(self, sources: Sequence[ImageSource], heatmap: bool = False) -> list[Prediction]:
         """Several images, with their test-time views, in one forward pass. Raises `ImageError` for the
         first unreadable one."""

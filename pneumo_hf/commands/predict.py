@@ -4,6 +4,8 @@
     pneumo-hf predict scans/ more.dcm paths.txt --output preds.parquet --heatmaps heatmaps/ --model ORG/NAME
     pneumo-hf predict hf-vision/chest-xray-pneumonia --split test --output preds.csv
     accelerate launch -m pneumo_hf predict archive/ --output preds.csv        # one shard per process
+    pneumo-hf predict export/ --output preds.csv --dicom_out results/ --heatmaps overlays/ \
+        --store_to 127.0.0.1:4242 --calling_ae PNEUMOHF --called_ae ORTHANC       # DICOM SR + heatmap captures into a PACS
 """
 
 from __future__ import annotations
@@ -27,12 +29,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--heatmaps", type=Path, default=None, help="Write each film's heatmap overlay (JPEG) into this folder.")
     parser.add_argument("--batch_size", type=int, default=8, help="Films a forward pass (default 8: larger batches ran slower on a CPU).")
     parser.add_argument("--num_workers", type=int, default=1, help="DataLoader workers decoding the films.")
+    parser.add_argument("--dicom_out", type=Path, default=None, help="Write a DICOM Structured Report per DICOM input (with --heatmaps also a Secondary Capture of the overlay) into this folder, in each source's study.")
+    parser.add_argument("--store_to", default=None, help="HOST:PORT of a PACS to C-STORE what --dicom_out wrote into; a rerun sends only what was not stored.")
+    parser.add_argument("--calling_ae", default="PNEUMOHF", help="Our AE title for --store_to (default PNEUMOHF).")
+    parser.add_argument("--called_ae", default="ANY-SCP", help="The PACS's AE title for --store_to (default ANY-SCP).")
     parser.add_argument("--bf16", action="store_true", help="Compute in bfloat16 (autocast): faster on CPUs with AVX512-BF16 and on GPUs; probabilities move slightly (README).")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.num_workers < 0:
         parser.error("--batch_size must be at least 1 and --num_workers at least 0")
     if Path(args.output).suffix.lower() not in {".csv", ".parquet"}:
         parser.error(f"--output {args.output}: name a .csv or a .parquet file")
+    if args.store_to and not args.dicom_out:
+        parser.error("--store_to sends what --dicom_out writes: add --dicom_out FOLDER")
+    if args.store_to:
+        host, _, port = args.store_to.rpartition(":")
+        if not host or not port.isdigit():
+            parser.error(f"--store_to {args.store_to}: give HOST:PORT, e.g. 127.0.0.1:4242")
+        args.store_to = (host, int(port))
     return args
 
 
@@ -64,4 +77,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         counts = predict_archive(predictor, films, Path(args.output), args.heatmaps, args.batch_size, args.num_workers, state if state.num_processes > 1 else None)
     if state.is_main_process:
         print(f"{counts['films']} films: {counts['predicted']} predicted now, {counts['skipped']} already in {args.output}, {counts['errors']} with an error (see the `error` column).")
+        if args.dicom_out:
+            return dicom_results(args, predictor, [film.key for film in films])
     return 0
+
+
+def dicom_results(args: argparse.Namespace, predictor, films: list[str]) -> int:
+    """Write the DICOM results of the rows in --output, store them with --store_to; 1 when a film was not stored."""
+    from pneumo_hf.batch import written_rows
+    from pneumo_hf.dicom_out import StoreError, store, write_results
+
+    files = write_results(predictor, films, written_rows(Path(args.output)), args.dicom_out, heatmaps=args.heatmaps is not None)
+    print(f"{len(files)} DICOM objects in {args.dicom_out}")
+    if not args.store_to:
+        return 0
+    host, port = args.store_to
+    try:
+        answers = store(files, args.dicom_out, host, port, args.calling_ae, args.called_ae)
+    except StoreError as error:
+        for path in error.files:
+            print(f"{path}: not stored. {error}")
+        return 1
+    for path, answer in answers.items():
+        print(f"{path}: {answer}")
+    print(f"{sum(answer == 'stored' for answer in answers.values())} stored now, {len(files) - len(answers)} stored before")
+    return 0 if all(answer == "stored" for answer in answers.values()) else 1

@@ -1,0 +1,190 @@
+"""Results back into the hospital: a DICOM Structured Report per film (TID 1500, through highdicom), a Secondary Capture
+of the heatmap overlay, both in the source's study, and C-STORE into a PACS (pynetdicom), resumable.
+
+    pneumo-hf predict export/ --output preds.csv --dicom_out results/ --heatmaps overlays/ \
+        --store_to pacs.example.org:104 --calling_ae PNEUMOHF --called_ae ORTHANC
+
+    from pneumo_hf.dicom_out import structured_report
+    sr = predictor.to_dicom_sr(pydicom.dcmread("film.dcm"))           # a highdicom ComprehensiveSR, a pydicom Dataset
+
+The report is a TID 1500 Measurement Report with one TID 1501 measurement group that references the source image
+(Study, Series and SOP Instance UID): the decision as a coded qualitative evaluation (SNOMED CT 404684003 "Clinical
+finding" = 233604007 "Pneumonia" or 17621005 "Normal"), the calibrated probability and the threshold as numbers (codes of this
+project, scheme 99PNEUMOHF, where no standard code exists), and the model as TID 4019 algorithm identification (name,
+revision, weights sha256). The domain warnings and "not a medical device" are TEXT comments (DCM 121106) on the
+report's root. New UIDs are generated for every object; the source is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelIdentity", "NOT_A_DEVICE", "StoreError", "identity_of", "secondary_capture", "store", "structured_report", "write_results"]
+
+MANUFACTURER = "pneumo-hf"
+FINDING = Code("404684003", "SCT", "Clinical finding")
+PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
+NORMAL = Code("17621005", "SCT", "Normal")
+PROBABILITY = Code("P-PNEUMONIA", "99PNEUMOHF", "Calibrated probability of pneumonia")
+THRESHOLD = Code("THRESHOLD", "99PNEUMOHF", "Decision threshold")
+CHEST_X_RAY = Code("399208008", "SCT", "Plain chest X-ray")
+COMMENT = Code("121106", "DCM", "Comment")
+UNITY = Code("1", "UCUM", "no units")
+NOT_A_DEVICE = "Not a medical device: a research model trained on pediatric (age 1-5) frontal chest films from one hospital; do not use it to diagnose or treat anyone."
+LEDGER = "stored.json"
+
+
+class StoreError(RuntimeError):
+    """The PACS could not be reached or refused an association; the message says what to check, `files` what was not stored."""
+
+    def __init__(self, message: str, files: Sequence[Path]):
+        super().__init__(message)
+        self.files = list(files)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model answered: its name, revision (Hub commit or weights hash) and the sha256 of its weights."""
+
+    name: str
+    revision: str
+    weights_sha256: str
+
+
+def structured_report(source: Dataset, decision: str, probability: float, threshold: float, warnings: Sequence[str], model: ModelIdentity) -> hd.sr.ComprehensiveSR:
+    """A TID 1500 report of one prediction on the film `source`, in its study, a new series of its own."""
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=model.name[:64], version=model.revision[:64], parameters=[f"weights sha256 {model.weights_sha256}", f"decision threshold {threshold:.6f}"], manufacturer=MANUFACTURER
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="pneumonia classification"),
+        algorithm_id=algorithm,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(FINDING, PNEUMONIA if decision == "PNEUMONIA" else NORMAL)],
+        measurements=[
+            hd.sr.Measurement(name=PROBABILITY, value=float(probability), unit=UNITY, algorithm_id=algorithm),
+            hd.sr.Measurement(name=THRESHOLD, value=float(threshold), unit=UNITY, algorithm_id=algorithm),
+        ],
+    )
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(), name=model.name[:64], manufacturer_name=MANUFACTURER, model_name=model.revision[:64]),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device), procedure_reported=CHEST_X_RAY, imaging_measurements=[group]
+    )
+    for text in [*warnings, NOT_A_DEVICE]:
+        report[0].ContentSequence.append(hd.sr.TextContentItem(name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    document = hd.sr.ComprehensiveSR(
+        evidence=[source], content=report[0], series_instance_uid=generate_uid(), series_number=9901, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=True, series_description="pneumo-hf result (not a medical device)",
+    )
+    scheme = Dataset()  # the private coding scheme, declared as DICOM asks of a "99" designator
+    scheme.CodingSchemeDesignator, scheme.CodingSchemeName, scheme.CodingSchemeResponsibleOrganization = "99PNEUMOHF", "pneumo-hf result codes", "pneumo-hf"
+    document.CodingSchemeIdentificationSequence = [scheme]
+    return document
+
+
+def secondary_capture(source: Dataset, overlay: np.ndarray) -> hd.sc.SCImage:
+    """The heatmap overlay (RGB uint8, the film's size) as a Secondary Capture in the source's study, a new series."""
+    orientation = tuple(getattr(source, "PatientOrientation", None) or ("L", "F"))
+    capture = hd.sc.SCImage.from_ref_dataset(
+        source, np.ascontiguousarray(overlay, dtype=np.uint8), hd.PhotometricInterpretationValues.RGB, 8, hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=generate_uid(), series_number=9902, sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        patient_orientation=orientation, series_description="pneumo-hf heatmap (not a medical device)",
+    )
+    capture.BodyPartExamined = getattr(source, "BodyPartExamined", None) or "CHEST"
+    if "Laterality" in capture:  # the chest is not a paired structure: Laterality must be absent (type 2C)
+        del capture.Laterality
+    return capture
+
+
+def write_results(predictor, films: Sequence[str], rows: dict[str, dict], folder: Path, heatmaps: bool = False) -> list[Path]:
+    """For every DICOM film of `films` whose CSV row (`rows`, by path) has no error: its report (and with `heatmaps` its
+    capture) in `folder/<StudyInstanceUID>/`, from the row's own figures. A film written before keeps its files (and
+    their UIDs); returns every file now in place for these films."""
+    import pydicom
+
+    from .cam import overlay as blend
+    from .imaging import is_dicom_file
+
+    dicom = [path for path in films if Path(path).is_file() and is_dicom_file(path)]
+    if len(dicom) < len(films):
+        logger.warning("%d of %d inputs are not DICOM files: they get no DICOM results (their rows are in the CSV).", len(films) - len(dicom), len(films))
+    model = identity_of(predictor)
+    written = []
+    for path in dicom:
+        row = rows.get(path)
+        if row is None or row["error"]:
+            continue
+        source = pydicom.dcmread(path)
+        target = folder / str(source.StudyInstanceUID)
+        report, capture = target / f"{source.SOPInstanceUID}.sr.dcm", target / f"{source.SOPInstanceUID}.sc.dcm"
+        target.mkdir(parents=True, exist_ok=True)
+        if not report.is_file():
+            warnings = [text for text in row["warnings"].split(" | ") if text]
+            _save(structured_report(source, row["decision"], float(row["probability_PNEUMONIA"]), float(row["threshold"]), warnings, model), report)
+        written.append(report)
+        if heatmaps:
+            if not capture.is_file():
+                prediction = predictor.predict(path, heatmap=True)
+                _save(secondary_capture(source, np.asarray(blend(prediction.image, prediction.heatmap))), capture)
+            written.append(capture)
+    return written
+
+
+def _save(dataset: Dataset, path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    dataset.save_as(temporary, enforce_file_format=True)
+    temporary.replace(path)
+
+
+def store(files: Sequence[Path], folder: Path, host: str, port: int, calling_ae: str, called_ae: str) -> dict[Path, str]:
+    """C-STORE the `files` not yet stored (by `folder/stored.json`) and record what the PACS answered for each.
+    Returns file → the PACS's answer for this run's sends; raises StoreError when no association can be made."""
+    import pydicom
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
+    ledger_path = folder / LEDGER
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {}
+    pending = [path for path in files if ledger.get(str(path.relative_to(folder))) != "stored"]
+    if not pending:
+        return {}
+    ae = AE(ae_title=calling_ae)
+    for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
+        ae.add_requested_context(sop_class)
+    association = ae.associate(host, port, ae_title=called_ae)
+    if not association.is_established:
+        raise StoreError(f"The PACS at {host}:{port} (called AE {called_ae}) did not accept an association from {calling_ae}: check that it runs, --store_to and the AE titles.", pending)
+    answers = {}
+    try:
+        for path in pending:
+            status = association.send_c_store(pydicom.dcmread(path))
+            code = getattr(status, "Status", None)
+            answers[path] = "stored" if code == 0x0000 else (f"refused (status 0x{code:04X})" if code is not None else "no answer (the association dropped)")
+            ledger[str(path.relative_to(folder))] = answers[path]
+            ledger_path.write_text(json.dumps(ledger, indent=2))
+    finally:
+        association.release()
+    return answers
+
+
+def identity_of(predictor) -> ModelIdentity:
+    """The predictor's model as the report names it."""
+    from .hub import weights_sha256
+
+    return ModelIdentity(predictor.name, predictor.revision or "", weights_sha256(predictor.folder, 64) if predictor.folder else "")
