@@ -3,7 +3,10 @@
     python train/fit_domain_check.py --model pneumo_hf/default_model \
         --calibration_dir ../shared/data/chest_xray_224/test_dev --report_dir ../shared/data/adult_check
 
-The score is the Mahalanobis distance of low-level statistics of the film — the output of the model's first
+Two kinds (`--features`). For a model pretrained on ImageNet, "pooled": the Mahalanobis distance of the film's pooled
+embedding (the head's input; an ensemble's first member's) to the training films' (Ledoit-Wolf covariance): a
+pretrained embedding has not learnt to ignore what tells a child's chest from an adult's. For a model trained from
+scratch, "first_conv": the Mahalanobis distance of low-level statistics of the film — the output of the model's first
 convolution: each channel's mean and standard deviation, and its mean and mean magnitude on a grid (the finest up to
 4×4 within 2,048 numbers: 4×4 for a 32-channel stem) — to those of the training films, under a covariance fitted on
 training films only and shrunk towards a multiple of the identity (scikit-learn's ShrunkCovariance, 0.05). A film is
@@ -32,10 +35,12 @@ from .models import PneumoniaClassifier
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DOMAIN_WARNING", "DOMAIN_WARNINGS", "INVERTED_WARNING", "VERY_UNLIKE_WARNING", "DomainCheck", "crossfit_flagged", "cut_for", "default_grid", "first_convolution", "film_statistics", "fit_domain_check"]
+__all__ = ["DOMAIN_WARNING", "DOMAIN_WARNINGS", "INVERTED_WARNING", "KINDS", "VERY_UNLIKE_WARNING", "DomainCheck", "crossfit_flagged", "cut_for", "default_grid", "embedding_model", "first_convolution", "film_statistics", "fit_domain_check", "pooled_embedding"]
 
 WEIGHTS_FILE, CONFIG_FILE = "domain_check.safetensors", "domain_check.json"
 FEATURES = "first-conv channel mean, std, grid mean and mean magnitude (v2)"
+POOLED = "pooled embedding of the first member (v1)"  # for pretrained backbones: their features did not learn to ignore an adult's chest
+KINDS = {"first_conv": FEATURES, "pooled": POOLED}
 # Chosen on adult_check (README, "The domain check"): 4×4 and 5×5 flag more adult films than 3×3, and shrinkage
 # 0.05 to 0.1 more than Ledoit-Wolf's own (0.001 to 0.003 here), which trusts directions training films barely vary in.
 MAX_GRID, MAX_FEATURES, SHRINKAGE = 4, 2048, 0.05
@@ -68,6 +73,24 @@ def first_convolution(classifier: PneumoniaClassifier) -> Optional[nn.Conv2d]:
     return next((module for module in backbone.modules() if isinstance(module, nn.Conv2d)), None)
 
 
+def embedding_model(classifier: PneumoniaClassifier) -> Optional[nn.Module]:
+    """The timm CNN whose pooled embedding the "pooled" check reads: the model itself, or an ensemble's first member
+    (fed the ensemble's own input); None when it has no pooling head."""
+    from .ensemble import Ensemble
+
+    backbone = classifier.backbone
+    model = backbone.members[0] if isinstance(backbone, Ensemble) else backbone
+    return model if classifier.family == "timm" and hasattr(model, "forward_head") else None
+
+
+def pooled_embedding(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(batch, features) pooled embedding (the head's input) of a normalised batch."""
+    with torch.inference_mode():
+        parameter = next(model.parameters())
+        features = model.forward_features(pixel_values.to(parameter.device, parameter.dtype))
+        return model.forward_head(features, pre_logits=True).float().cpu()
+
+
 def default_grid(conv: nn.Conv2d) -> int:
     """The finest grid up to MAX_GRID whose statistics, (2 + 2 · grid²) per channel, stay within MAX_FEATURES numbers."""
     return max([1] + [grid for grid in range(1, MAX_GRID + 1) if (2 + 2 * grid**2) * conv.out_channels <= MAX_FEATURES])
@@ -83,17 +106,22 @@ def film_statistics(conv: nn.Conv2d, pixel_values: torch.Tensor, grid: int) -> t
 
 
 class DomainCheck:
-    """Distances of films to the training films, and the cut over which a film is flagged."""
+    """Distances of films to the training films, and the cut over which a film is flagged. `module` is the first
+    convolution (kind FEATURES, with `grid`) or the model whose pooled embedding is read (kind POOLED)."""
 
-    def __init__(self, conv: nn.Conv2d, statistics: dict[str, torch.Tensor], cut: float, info: dict[str, Any], grid: int):
-        self.conv = conv
+    def __init__(self, module: nn.Module, statistics: dict[str, torch.Tensor], cut: float, info: dict[str, Any], grid: Optional[int] = None, kind: str = FEATURES):
+        self.module = module
         self.grid = grid
+        self.kind = kind
         self.statistics = statistics  # mean, scale (z-score), location, precision (shrunk covariance)
         self.cut = cut
         self.info = info
 
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return pooled_embedding(self.module, pixel_values) if self.kind == POOLED else film_statistics(self.module, pixel_values, self.grid)
+
     def distances(self, pixel_values: torch.Tensor) -> np.ndarray:
-        z = (film_statistics(self.conv, pixel_values, self.grid) - self.statistics["mean"]) / self.statistics["scale"]
+        z = (self.features(pixel_values) - self.statistics["mean"]) / self.statistics["scale"]
         centred = (z - self.statistics["location"]).double()
         return torch.einsum("bi,ij,bj->b", centred, self.statistics["precision"].double(), centred).clamp(min=0).sqrt().numpy()
 
@@ -111,21 +139,23 @@ class DomainCheck:
 
     def save(self, folder: Path) -> None:
         save_file({name: tensor.contiguous() for name, tensor in self.statistics.items()}, str(Path(folder, WEIGHTS_FILE)))
-        Path(folder, CONFIG_FILE).write_text(json.dumps({"features": FEATURES, "grid": self.grid, "cut": self.cut, **self.info}, indent=2))
+        Path(folder, CONFIG_FILE).write_text(json.dumps({"features": self.kind, **({"grid": self.grid} if self.grid else {}), "cut": self.cut, **self.info}, indent=2))
 
     @classmethod
     def load(cls, folder: Path, classifier: PneumoniaClassifier) -> Optional[DomainCheck]:
         """The check stored in a model folder, or None (logged) when the folder has none or it does not fit the model."""
         weights, config = Path(folder, WEIGHTS_FILE), Path(folder, CONFIG_FILE)
-        conv = first_convolution(classifier)
-        if not (weights.is_file() and config.is_file()) or conv is None:
+        if not (weights.is_file() and config.is_file()):
             logger.info("%s has no domain check: films unlike the training films get no warning (fit one with train/fit_domain_check.py).", folder)
             return None
         settings = json.loads(config.read_text())
-        if settings.get("features") != FEATURES:
-            logger.warning("%s has a domain check of another kind (%s); it is not used (refit it with train/fit_domain_check.py).", folder, settings.get("features"))
+        kind = settings.pop("features", None)
+        module = first_convolution(classifier) if kind == FEATURES else embedding_model(classifier) if kind == POOLED else None
+        if module is None:
+            logger.warning("%s has a domain check of another kind (%s) than its model takes; it is not used (refit it with train/fit_domain_check.py).", folder, kind)
             return None
-        return cls(conv, load_file(str(weights)), float(settings.pop("cut")), settings, grid=int(settings.pop("grid")))
+        grid = settings.pop("grid", None)
+        return cls(module, load_file(str(weights)), float(settings.pop("cut")), settings, grid=int(grid) if grid else None, kind=kind)
 
 
 def cut_for(distances: np.ndarray, max_flagged: float) -> float:
@@ -148,26 +178,33 @@ def fit_domain_check(
     calibration_name: str = "",
     grid: Optional[int] = None,
     shrinkage: float = SHRINKAGE,
+    kind: str = "first_conv",
 ) -> DomainCheck:
     """Fit on batches of normalised training films; cut so that at most `max_flagged` of the calibration films
-    (real in-domain films the model was not trained on) are flagged. `grid`: cells a side (default: `default_grid`);
-    `shrinkage`: the covariance's, in [0, 1]."""
-    from sklearn.covariance import ShrunkCovariance
+    (real in-domain films the model was not trained on) are flagged. `kind`: "first_conv" (the first convolution's
+    statistics on a `grid`, covariance shrunk by `shrinkage`) or "pooled" (the pooled embedding, Ledoit-Wolf)."""
+    from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
-    conv = first_convolution(classifier)
-    if conv is None:
-        raise ValueError(f"{classifier.architecture} has no first convolution to take film statistics from.")
-    grid = grid or default_grid(conv)
-    train = torch.cat([film_statistics(conv, batch, grid) for batch in train_batches]).double()
+    features = KINDS[kind]
+    if kind == "pooled":
+        module, grid = embedding_model(classifier), None
+        if module is None:
+            raise ValueError(f"{classifier.architecture} has no pooled embedding to take film statistics from; use the first_conv check.")
+    else:
+        module = first_convolution(classifier)
+        if module is None:
+            raise ValueError(f"{classifier.architecture} has no first convolution to take film statistics from.")
+        grid = grid or default_grid(module)
+    check = DomainCheck(module, {}, cut=float("inf"), info={}, grid=grid, kind=features)
+    train = torch.cat([check.features(batch) for batch in train_batches]).double()
     mean, scale = train.mean(dim=0), train.std(dim=0) + 1e-6
-    covariance = ShrunkCovariance(shrinkage=shrinkage).fit(((train - mean) / scale).numpy())
-    statistics = {
+    covariance = (LedoitWolf() if kind == "pooled" else ShrunkCovariance(shrinkage=shrinkage)).fit(((train - mean) / scale).numpy())
+    check.statistics = {
         "mean": mean.float(),
         "scale": scale.float(),
         "location": torch.from_numpy(covariance.location_).float(),
         "precision": torch.from_numpy(covariance.precision_).float(),
     }
-    check = DomainCheck(conv, statistics, cut=float("inf"), info={}, grid=grid)
     calibration = np.concatenate([check.distances(batch) for batch in calibration_batches])
     check.cut = cut_for(calibration, max_flagged)
     check.info = {
@@ -176,6 +213,6 @@ def fit_domain_check(
         "calibration_films": len(calibration),
         "max_flagged": max_flagged,
         "calibration_flagged": float(np.mean(calibration > check.cut)),
-        "shrinkage": shrinkage,
+        "shrinkage": round(float(covariance.shrinkage_ if kind == "pooled" else shrinkage), 6),
     }
     return check

@@ -200,7 +200,10 @@ def _hub_id(base_model: Optional[str]) -> Optional[str]:
 
 
 def _start(summary: dict[str, Any]) -> str:
-    """How the weights began, for the card's first paragraph."""
+    """How the weights began, for the card's first paragraph (an ensemble's: each member's)."""
+    if summary.get("members"):
+        described = [f"`{member['architecture']}` {_start(member)}" + (" with a linear-probe head" if member.get("linear_probe_c") else "") for member in summary["members"]]
+        return "an ensemble of " + "; and ".join(described) + ";"
     base_model, revision = summary.get("base_model"), summary.get("base_model_revision")
     if summary["trained_from_scratch"] or not base_model:
         return "trained from random initialisation (no pretrained weights)"

@@ -292,8 +292,10 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
         logger.warning("Training %s from random initialisation (no pretrained weights).", classifier.architecture)
     if args.freeze_backbone_epochs:
         head_of(classifier)  # a model without a separate head fails now, not after the first epoch
+    probe_started = time.time()
     if args.linear_probe and not args.resume_from_checkpoint:  # a resumed run's head comes from its checkpoint
         _fit_linear_probe(args, classifier, train_set)
+    probe_seconds = time.time() - probe_started
     train_loader, validation_loader, augment = _loaders(args, classifier, train_set, validation_set)
     optimizer = torch.optim.AdamW(_parameter_groups(classifier, args), lr=args.learning_rate, weight_decay=args.weight_decay)
     # The prepared scheduler steps once per process per optimizer step, so it is sized on the whole
@@ -311,7 +313,7 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     total_steps = args.num_train_epochs * steps_per_epoch
 
-    state = _resume(accelerator, args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else _State()
+    state = _resume(accelerator, args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else _State(train_seconds=probe_seconds)
     augment = augment.to(accelerator.device) if augment is not None else None
     run = _Run(args, accelerator, classifier, model, ema, criterion, mixup, optimizer, scheduler, train_loader, validation_loader, weights, train_set, validation_set, test_dev_loader, command, augment, state)
     if args.with_tracking:

@@ -114,3 +114,12 @@ def test_the_linear_probe_is_a_converged_logistic_regression_in_the_head(tmp_pat
 def test_zero_epochs_without_the_probe_is_refused_naming_the_flag():
     with pytest.raises(ValueError, match="--num_train_epochs 0 trains nothing"):
         TrainingArguments(output_dir="runs/unused", train_dir="unused", num_train_epochs=0)
+
+
+def test_the_cpu_recipe_of_the_shipped_probe_parses_and_starts_from_the_checkpoint_folder(tmp_path, monkeypatch):
+    from transformers import HfArgumentParser
+
+    monkeypatch.chdir(tmp_path)  # the recipe's output_dir is made relative to here
+    (args,) = HfArgumentParser(TrainingArguments).parse_json_file(str(ROOT / "train" / "recipes" / "tf_efficientnet_lite0_linear_probe.json"))
+    assert args.model_name_or_path == "checkpoints/tf_efficientnet_lite0" and args.linear_probe and args.num_train_epochs == 0
+    assert (args.split_seed, args.train_dir) == (7, "../shared/data/chest_xray_224/train")  # the shipped ensemble's validation split

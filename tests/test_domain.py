@@ -77,22 +77,44 @@ def batches_of(seeds, pneumonia: bool, transform) -> list[torch.Tensor]:
     return [torch.stack([transform(Image.fromarray(xray_like(seed, (64, 56), pneumonia)).convert("RGB")) for seed in seeds])]
 
 
-def test_statistics_round_trip_through_the_model_folder(tmp_path):
+def fitted_and_loaded(folder: Path, kind: str):
+    """A check of `kind` fitted on generated films for a tiny model saved in `folder`, that folder's predictor, a probe
+    batch and the check's transform; asserts the loaded check measures as the fitted one."""
     torch.manual_seed(0)
     classifier = build_classifier("resnet18", image_size=32).eval()
-    classifier.save_pretrained(tmp_path)
+    classifier.save_pretrained(folder)
     transform = Predictor(classifier).transform
-    train = batches_of(range(60), False, transform) + batches_of(range(60, 120), True, transform)
-    calibration = batches_of(range(200, 240), False, transform)
-    check = fit_domain_check(classifier, train, calibration, max_flagged=0.05, calibration_name="generated")
-    assert check.info["calibration_flagged"] <= 0.05 and check.info["train_films"] == 120
-    check.save(tmp_path)
-    loaded = load_predictor(tmp_path)
+    train = batches_of(range(80), False, transform) + batches_of(range(80, 160), True, transform)
+    check = fit_domain_check(classifier, train, batches_of(range(200, 240), False, transform), max_flagged=0.05, calibration_name="generated", kind=kind)
+    assert check.info["calibration_flagged"] <= 0.05 and check.info["train_films"] == 160
+    check.save(folder)
+    loaded = load_predictor(folder)
     probe = batches_of(range(300, 310), True, transform)[0]
     assert np.allclose(loaded.domain.distances(probe), check.distances(probe), rtol=1e-5)
-    assert loaded.domain.cut == check.cut and loaded.domain.grid == check.grid == 3 and loaded.domain.info["calibration"] == "generated"
-    noise = torch.randn(2, 3, 32, 32) * 3
-    assert loaded.domain.flags(noise) == [True, True]
+    assert loaded.domain.cut == check.cut and loaded.domain.info["calibration"] == "generated"
+    assert loaded.domain.flags(torch.randn(2, 3, 32, 32) * 3) == [True, True]  # noise
+    return classifier, check, loaded
+
+
+def test_statistics_round_trip_through_the_model_folder(tmp_path):
+    _, check, loaded = fitted_and_loaded(tmp_path, "first_conv")
+    assert loaded.domain.grid == check.grid == 3
+
+
+def test_the_pooled_embedding_check_round_trips_and_an_ensemble_reads_its_first_members(tmp_path):
+    """The check for pretrained backbones: the Mahalanobis distance of the pooled embedding (Ledoit-Wolf)."""
+    import timm
+
+    from pneumo_hf.domain import POOLED, embedding_model
+    from pneumo_hf.ensemble import member_spec
+    from pneumo_hf.models import PneumoniaClassifier
+
+    classifier, check, loaded = fitted_and_loaded(tmp_path, "pooled")
+    assert check.kind == loaded.domain.kind == POOLED and check.grid is None and 0 < check.info["shrinkage"] < 1
+    assert json.loads((tmp_path / "domain_check.json").read_text())["features"] == POOLED
+    specs = [member_spec(classifier.backbone, classifier.data_config, 1.0)] * 2
+    ensemble = PneumoniaClassifier(timm.create_model("pneumo_ensemble", members=specs), "timm", classifier.data_config)
+    assert embedding_model(ensemble) is ensemble.backbone.members[0]  # an ensemble's check reads its first member
 
 
 def test_a_folder_without_a_check_loads_predicts_and_says_so(tmp_path, caplog):

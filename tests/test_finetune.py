@@ -172,7 +172,7 @@ def test_an_id_neither_cached_nor_reachable_says_what_to_do_in_one_line(tmp_path
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("recipe", sorted((ROOT / "train" / "recipes").glob("*.json")), ids=lambda path: path.stem)
+@pytest.mark.parametrize("recipe", sorted((ROOT / "train" / "recipes").glob("*_finetune.json")), ids=lambda path: path.stem)
 def test_each_gpu_recipe_parses_and_names_a_real_checkpoint(recipe, tmp_path, monkeypatch):
     from transformers import CONFIG_MAPPING, HfArgumentParser
 

@@ -53,6 +53,18 @@ def load_members(folders: list[Path]) -> tuple[list[PneumoniaClassifier], list[d
     return members, runs
 
 
+def origin_of(folder: Path, member: PneumoniaClassifier) -> dict:
+    """How a member began, for the card: its architecture, and its checkpoint or packaged weights if any."""
+    summary = json.loads((folder / SUMMARY_FILE).read_text()) if (folder / SUMMARY_FILE).is_file() else {}
+    return {
+        "architecture": member.architecture,
+        "trained_from_scratch": member.trained_from_scratch,
+        "base_model": member.base_model,
+        "weights_source": member.weights_source,
+        "linear_probe_c": summary.get("linear_probe_c"),
+    }
+
+
 def build(members: list[PneumoniaClassifier], views: list[str]) -> PneumoniaClassifier:
     """The ensemble classifier with the members' weights, fed as the first member is."""
     first = members[0]
@@ -69,20 +81,24 @@ def build(members: list[PneumoniaClassifier], views: list[str]) -> PneumoniaClas
 
 
 def fp16_members(classifier: PneumoniaClassifier, validation, views: list[str], logits, labels, tolerance: float) -> tuple[list[str], float]:
-    """The members (`members.I`) to store in fp16, taken one by one while the rounded ensemble's validation
-    probabilities stay within `tolerance` of fp32; and the largest change of those kept (with none kept, the
-    smallest change tried)."""
+    """The submodules to store in fp16: each member (`members.I`) whole, or else all of it but its classifier head,
+    taken one by one while the rounded ensemble's validation probabilities stay within `tolerance` of fp32; and the
+    largest change of those kept (with none kept, the smallest change tried)."""
     temperature = metrics.fit_temperature(logits, labels)
     reference = metrics.probabilities(logits, temperature)[:, 1]
     half, kept, tried = [], 0.0, []
-    for index in range(len(classifier.backbone.members)):
-        trial = half + [f"members.{index}"]
-        rounded = evaluate(classifier.fp16_rounded(trial), validation, Accelerator(), views)[0]
-        change = float(np.abs(metrics.probabilities(rounded, temperature)[:, 1] - reference).max())
-        print(f"fp16 for {', '.join(trial)}: validation probabilities move by up to {change:.5f} (tolerance {tolerance:g})")
-        tried.append(change)
-        if change <= tolerance:
-            half, kept = trial, change
+    for index, member in enumerate(classifier.backbone.members):
+        head = (getattr(member, "pretrained_cfg", None) or {}).get("classifier")
+        body = [f"members.{index}.{name}" for name, _ in member.named_children() if name != head]
+        for candidate in [[f"members.{index}"]] + ([body] if head and body else []):
+            trial = half + candidate
+            rounded = evaluate(classifier.fp16_rounded(trial), validation, Accelerator(), views)[0]
+            change = float(np.abs(metrics.probabilities(rounded, temperature)[:, 1] - reference).max())
+            print(f"fp16 for {', '.join(candidate)}: validation probabilities move by up to {change:.5f} (tolerance {tolerance:g})")
+            tried.append(change)
+            if change <= tolerance:
+                half, kept = trial, change
+                break
     return half, (kept if half else min(tried))
 
 
@@ -123,7 +139,7 @@ def main(argv=None) -> int:
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
 
     output = Path(args.output_dir)
-    dtype = "float16" if len(half) == len(members) else "mixed" if half else "float32"
+    dtype = "float16" if half == [f"members.{i}" for i in range(len(members))] else "mixed" if half else "float32"
     storage = {"dtype": dtype, "fp16_max_change": fp16_change, "fp16_members": half}
     classifier.save_pretrained(output, half=half)
     for name in ("training_args.json", WEIGHTS_FILE, CONFIG_FILE):  # the validation split and the domain check are the first member's
@@ -155,6 +171,7 @@ def main(argv=None) -> int:
         "family": "timm",
         "architecture": f"pneumo_ensemble({', '.join(member.architecture for member in members)})",
         "trained_from_scratch": classifier.trained_from_scratch,
+        "members": [origin_of(folder, member) for folder, member in zip(folders, members, strict=True)],
         "threshold_rule": f"the most specific threshold that keeps validation sensitivity ≥ {min_sensitivity}",
         "temperature": classifier.temperature,
         "test_time_views": views,
