@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -117,12 +118,27 @@ class DomainCheck:
         self.statistics = statistics  # mean, scale (z-score), location, precision (shrunk covariance)
         self.cut = cut
         self.info = info
+        self._seen = threading.local()  # the last pooled embedding the model's own forward pass computed, per thread
 
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return pooled_embedding(self.module, pixel_values) if self.kind == POOLED else film_statistics(self.module, pixel_values, self.grid)
+    def watch(self) -> None:
+        """For the pooled check: keep the embedding the classifier's head receives in the model's own forward pass
+        (a forward pre-hook), so that `distances(..., seen=True)` need not run the backbone again."""
+        if self.kind == POOLED:
+            self.module.get_classifier().register_forward_pre_hook(lambda head, inputs: setattr(self._seen, "embedding", inputs[0].detach()))
 
-    def distances(self, pixel_values: torch.Tensor) -> np.ndarray:
-        z = (self.features(pixel_values) - self.statistics["mean"]) / self.statistics["scale"]
+    def features(self, pixel_values: torch.Tensor, seen: bool = False) -> torch.Tensor:
+        """The check's statistics of a normalised batch; with `seen`, the pooled embedding the model's last forward pass in
+        this thread computed for it (its first rows: the films before any test-time views), when there is one."""
+        if self.kind != POOLED:
+            return film_statistics(self.module, pixel_values, self.grid)
+        embedding = getattr(self._seen, "embedding", None) if seen else None
+        self._seen.embedding = None
+        if embedding is not None and len(embedding) >= len(pixel_values):
+            return embedding[: len(pixel_values)].float().cpu()
+        return pooled_embedding(self.module, pixel_values)
+
+    def distances(self, pixel_values: torch.Tensor, seen: bool = False) -> np.ndarray:
+        z = (self.features(pixel_values, seen) - self.statistics["mean"]) / self.statistics["scale"]
         centred = (z - self.statistics["location"]).double()
         return torch.einsum("bi,ij,bj->b", centred, self.statistics["precision"].double(), centred).clamp(min=0).sqrt().numpy()
 

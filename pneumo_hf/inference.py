@@ -57,6 +57,8 @@ class Predictor:
             self.classifier.to(memory_format=torch.channels_last)
         self.folder = folder  # the model folder, for its card and plots
         self.domain = DomainCheck.load(folder, classifier) if folder else None  # flags films unlike the training films
+        if self.domain is not None:
+            self.domain.watch()  # a pooled check reads the embedding of the prediction's own forward pass
         self.name = name or (str(folder) if folder else classifier.architecture)
         self.transform = build_transform(classifier.data_config)
         self._heatmaps = None
@@ -103,14 +105,15 @@ class Predictor:
         scores, maps = self.scores(pixel_values, heatmap)
         warnings = warnings if warnings is not None else [xray_warnings(image) for image in images]
         if self.domain is not None:
-            sentences = self.domain_warnings(pixel_values)
+            sentences = self.domain_warnings(pixel_values, seen=True)
             warnings = [[sentence, *notes] if sentence else list(notes) for sentence, notes in zip(sentences, warnings, strict=True)]
         return [self._prediction(*row) for row in zip(images, scores, maps, warnings, strict=True)]
 
-    def domain_warnings(self, pixel_values: torch.Tensor) -> list[Optional[str]]:
+    def domain_warnings(self, pixel_values: torch.Tensor, seen: bool = False) -> list[Optional[str]]:
         """The domain check's sentence for each film of a normalised batch (None when it looks like the training
-        films); a flagged film's negative is checked too, to tell an inverted film."""
-        distances = self.domain.distances(pixel_values)
+        films); a flagged film's negative is checked too, to tell an inverted film. `seen`: the batch has just been
+        through the classifier in this thread (a pooled check reuses that pass)."""
+        distances = self.domain.distances(pixel_values, seen)
         flagged = [i for i, distance in enumerate(distances) if distance > self.domain.cut]
         inverted = dict(zip(flagged, self.domain.distances(self._negatives(pixel_values[flagged])), strict=True)) if flagged else {}
         return [self.domain.warning(float(distance), inverted.get(i)) for i, distance in enumerate(distances)]

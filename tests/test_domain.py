@@ -112,6 +112,14 @@ def test_the_pooled_embedding_check_round_trips_and_an_ensemble_reads_its_first_
     classifier, check, loaded = fitted_and_loaded(tmp_path, "pooled")
     assert check.kind == loaded.domain.kind == POOLED and check.grid is None and 0 < check.info["shrinkage"] < 1
     assert json.loads((tmp_path / "domain_check.json").read_text())["features"] == POOLED
+    films = [Image.fromarray(xray_like(seed, (64, 56))).convert("RGB") for seed in range(400, 404)]
+    pixel_values = torch.stack([loaded.transform(film) for film in films])
+    expected = loaded.domain_warnings(pixel_values)  # its own forward pass
+    calls = []
+    loaded.classifier.backbone.forward_features = (lambda run: lambda x: calls.append(len(x)) or run(x))(loaded.classifier.backbone.forward_features)
+    predictions = loaded.predict_images(films, pixel_values, heatmap=True)
+    assert calls == [4], "the check reads the embedding of the prediction's own forward pass, not a second one"
+    assert [p.warnings[0] if p.warnings and p.warnings[0] in DOMAIN_WARNINGS else None for p in predictions] == expected
     specs = [member_spec(classifier.backbone, classifier.data_config, 1.0)] * 2
     ensemble = PneumoniaClassifier(timm.create_model("pneumo_ensemble", members=specs), "timm", classifier.data_config)
     assert embedding_model(ensemble) is ensemble.backbone.members[0]  # an ensemble's check reads its first member
