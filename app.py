@@ -124,9 +124,9 @@ def film_and_heatmap(prediction: Optional[Prediction], heatmap_path: Optional[st
 
 def predict(film: str, model_name: str) -> tuple[dict[str, Any], str]:
     """NORMAL or PNEUMONIA for one frontal chest X-ray (a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM file), with a heatmap of
-    where the model looked. Not a medical device: a research
-    model trained on frontal (anterior-posterior) chest films of children aged 1 to 5 from one hospital; do not use it
-    to diagnose or treat anyone, and expect it to fail on adults, other views and other body parts.
+    where the model looked. Not a medical device: a research model trained on frontal (anterior-posterior) chest films
+    of children aged 1 to 5 from one hospital; do not use it to diagnose or treat anyone, and expect it to fail on
+    adults, other views and other body parts.
 
     Args:
         film: One frontal chest X-ray as a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM file (a URL or a base64 data URI).
@@ -189,8 +189,8 @@ CHECK_NOTE = (
 
 def evaluate(archive: str, model_name: str) -> tuple[dict[str, Any], str]:
     """How well the model does on your own labelled chest X-rays, at its stored threshold: one .zip with NORMAL/ and
-    PNEUMONIA/ folders, or the films and a labels.csv of file,label. Not a medical device: a research
-    model trained on frontal chest films of children aged 1 to 5 from one hospital.
+    PNEUMONIA/ folders, or the films and a labels.csv of file,label. Not a medical device: a research model trained on
+    frontal chest films of children aged 1 to 5 from one hospital.
 
     Args:
         archive: One .zip of labelled films: NORMAL/ and PNEUMONIA/ folders at any depth (any capitalisation), or the

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,11 @@ def pooled_features(classifier: PneumoniaClassifier, films: torch.utils.data.Dat
     if classifier.family != "timm" or not hasattr(classifier.backbone, "forward_head"):
         raise ModelError(f"--linear_probe needs a timm backbone with a pooling head; {classifier.architecture} is a {classifier.family} model.")
     backbone = classifier.backbone
-    weights = hashlib.sha256()
+    head = backbone.pretrained_cfg.get("classifier") or "classifier"
+    weights = hashlib.sha256()  # of the weights the features depend on: all but the head
     for name, tensor in backbone.state_dict().items():
+        if name.startswith(f"{head}."):
+            continue
         weights.update(name.encode())
         weights.update(tensor.detach().cpu().numpy().tobytes())
     key = hashlib.sha256(f"{Path(films.pixels.filename).name}:{weights.hexdigest()}".encode()).hexdigest()[:20]
@@ -53,7 +57,7 @@ def pooled_features(classifier: PneumoniaClassifier, films: torch.utils.data.Dat
             labels.append(batch["labels"].numpy())
     backbone.train(was_training)
     features, labels = np.concatenate(features), np.concatenate(labels)
-    temporary = path.with_name(f"{path.stem}.tmp.npz")
+    temporary = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")  # renamed into place: two runs may share the cache
     np.savez(temporary, features=features, labels=labels)
     temporary.replace(path)
     logger.info("Pooled features of %d films computed once and kept in %s.", len(labels), path)
