@@ -25,10 +25,10 @@ def data_uri(path: Path, kind: str = "image/jpeg") -> str:
 def session_call(url: str, calls: list[tuple[str, dict]]):
     """List the tools, then make each call in one MCP session; returns (tools, results)."""
     from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
+    from mcp.client.streamable_http import streamable_http_client
 
     async def run():
-        async with streamablehttp_client(f"{url}gradio_api/mcp/") as (read, write, _):
+        async with streamable_http_client(f"{url}gradio_api/mcp/") as (read, write, _):
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 tools = (await session.list_tools()).tools

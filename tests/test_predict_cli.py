@@ -146,7 +146,7 @@ def test_the_wheel_holds_the_default_model_and_example_films(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("pneumo_hf-*.whl"))).namelist()
     assert {"pneumo_hf/default_model/model.safetensors", "pneumo_hf/default_model/config.json", "pneumo_hf/default_model/README.md"} <= set(names)
     assert len([name for name in names if name.startswith("pneumo_hf/example_films/") and name.endswith(".jpeg")]) == len(find_examples()[0]) == 8
-    assert {"pneumo_hf/default_model/maintainers_results.json", "pneumo_hf/default_model/training_summary.json", "pneumo_hf/default_model/test_dev_roc_curve.png"} <= set(names)
+    assert {"pneumo_hf/default_model/domain_check.json", "pneumo_hf/default_model/training_summary.json", "pneumo_hf/default_model/test_dev_roc_curve.png"} <= set(names)
     assert any(name.endswith("entry_points.txt") for name in names)
 
 
