@@ -22,6 +22,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import highdicom as hd
 import numpy as np
@@ -64,8 +65,12 @@ class ModelIdentity:
     weights_sha256: str
 
 
-def structured_report(source: Dataset, decision: str, probability: float, threshold: float, warnings: Sequence[str], model: ModelIdentity) -> hd.sr.ComprehensiveSR:
-    """A TID 1500 report of one prediction on the film `source`, in its study, a new series of its own."""
+def structured_report(
+    source: Dataset, decision: str, probability: float, threshold: float, warnings: Sequence[str], model: ModelIdentity, series: Optional[tuple[str, int]] = None
+) -> hd.sr.ComprehensiveSR:
+    """A TID 1500 report of one prediction on the film `source`, in its study: in `series` (UID, instance number) when
+    given, so that a run's reports of one study share a series; else a new series of its own."""
+    series_uid, instance_number = series or (generate_uid(), 1)
     algorithm = hd.sr.AlgorithmIdentification(
         name=model.name[:64], version=model.revision[:64], parameters=[f"weights sha256 {model.weights_sha256}", f"decision threshold {threshold:.6f}"], manufacturer=MANUFACTURER
     )
@@ -89,7 +94,7 @@ def structured_report(source: Dataset, decision: str, probability: float, thresh
     for text in [*warnings, NOT_A_DEVICE]:
         report[0].ContentSequence.append(hd.sr.TextContentItem(name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     document = hd.sr.ComprehensiveSR(
-        evidence=[source], content=report[0], series_instance_uid=generate_uid(), series_number=9901, sop_instance_uid=generate_uid(), instance_number=1,
+        evidence=[source], content=report[0], series_instance_uid=series_uid, series_number=9901, sop_instance_uid=generate_uid(), instance_number=instance_number,
         manufacturer=MANUFACTURER, is_complete=True, series_description="pneumo-hf result (not a medical device)",
     )
     scheme = Dataset()  # the private coding scheme, declared as DICOM asks of a "99" designator
@@ -98,12 +103,14 @@ def structured_report(source: Dataset, decision: str, probability: float, thresh
     return document
 
 
-def secondary_capture(source: Dataset, overlay: np.ndarray) -> hd.sc.SCImage:
-    """The heatmap overlay (RGB uint8, the film's size) as a Secondary Capture in the source's study, a new series."""
+def secondary_capture(source: Dataset, overlay: np.ndarray, series: Optional[tuple[str, int]] = None) -> hd.sc.SCImage:
+    """The heatmap overlay (RGB uint8, the film's size) as a Secondary Capture in the source's study: in `series` (UID,
+    instance number) when given, else a new series."""
+    series_uid, instance_number = series or (generate_uid(), 1)
     orientation = tuple(getattr(source, "PatientOrientation", None) or ("L", "F"))
     capture = hd.sc.SCImage.from_ref_dataset(
         source, np.ascontiguousarray(overlay, dtype=np.uint8), hd.PhotometricInterpretationValues.RGB, 8, hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=generate_uid(), series_number=9902, sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        series_instance_uid=series_uid, series_number=9902, sop_instance_uid=generate_uid(), instance_number=instance_number, manufacturer=MANUFACTURER,
         patient_orientation=orientation, series_description="pneumo-hf heatmap (not a medical device)",
     )
     capture.BodyPartExamined = getattr(source, "BodyPartExamined", None) or "CHEST"
@@ -126,6 +133,13 @@ def write_results(predictor, films: Sequence[str], rows: dict[str, dict], folder
         logger.warning("%d of %d inputs are not DICOM files: they get no DICOM results (their rows are in the CSV).", len(films) - len(dicom), len(films))
     model = identity_of(predictor)
     written = []
+    series: dict[tuple[str, str], list] = {}  # (study, kind) -> [series UID, instances so far]: one series of each kind per study and run
+
+    def next_in(study: str, kind: str) -> tuple[str, int]:
+        entry = series.setdefault((study, kind), [generate_uid(), 0])
+        entry[1] += 1
+        return entry[0], entry[1]
+
     for path in dicom:
         row = rows.get(path)
         if row is None or row["error"]:
@@ -136,12 +150,12 @@ def write_results(predictor, films: Sequence[str], rows: dict[str, dict], folder
         target.mkdir(parents=True, exist_ok=True)
         if not report.is_file():
             warnings = [text for text in row["warnings"].split(" | ") if text]
-            _save(structured_report(source, row["decision"], float(row["probability_PNEUMONIA"]), float(row["threshold"]), warnings, model), report)
+            _save(structured_report(source, row["decision"], float(row["probability_PNEUMONIA"]), float(row["threshold"]), warnings, model, next_in(source.StudyInstanceUID, "sr")), report)
         written.append(report)
         if heatmaps:
             if not capture.is_file():
                 prediction = predictor.predict(path, heatmap=True)
-                _save(secondary_capture(source, np.asarray(blend(prediction.image, prediction.heatmap))), capture)
+                _save(secondary_capture(source, np.asarray(blend(prediction.image, prediction.heatmap)), next_in(source.StudyInstanceUID, "sc")), capture)
             written.append(capture)
     return written
 

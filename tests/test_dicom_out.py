@@ -121,6 +121,7 @@ def test_reports_and_captures_are_stored_into_orthanc_and_a_rerun_sends_nothing_
     instances = rest(f"{url}/studies/{study}/instances")
     classes = [rest(f"{url}/instances/{instance['ID']}/simplified-tags")["SOPClassUID"] for instance in instances]
     assert classes.count("1.2.840.10008.5.1.4.1.1.88.33") == 2 and classes.count("1.2.840.10008.5.1.4.1.1.7") == 2 and len(instances) == 6  # + the 2 films
+    assert len(rest(f"{url}/studies/{study}/series")) == 2 + 2  # the films' own two series, one of reports, one of captures
     for instance in instances:
         dataset = pydicom.dcmread(io.BytesIO(rest(f"{url}/instances/{instance['ID']}/file")))
         if dataset.SOPClassUID != "1.2.840.10008.5.1.4.1.1.88.33":
