@@ -172,6 +172,7 @@ def predict_archive(
     if accelerator:
         accelerator.wait_for_everyone()  # all read what was written before anyone writes
     todo = [film for film in films if film.key not in done][rank::world]
+    output.parent.mkdir(parents=True, exist_ok=True)
     if heatmaps:
         heatmaps.mkdir(parents=True, exist_ok=True)
     loader = torch.utils.data.DataLoader(

@@ -46,6 +46,7 @@ COMMENT = Code("121106", "DCM", "Comment")
 UNITY = Code("1", "UCUM", "no units")
 NOT_A_DEVICE = "Not a medical device: a research model trained on pediatric (age 1-5) frontal chest films from one hospital; do not use it to diagnose or treat anyone."
 LEDGER = "stored.json"
+REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")  # what a report must name of its film
 
 
 class StoreError(RuntimeError):
@@ -119,10 +120,10 @@ def secondary_capture(source: Dataset, overlay: np.ndarray, series: Optional[tup
     return capture
 
 
-def write_results(predictor, films: Sequence[str], rows: dict[str, dict], folder: Path, heatmaps: bool = False) -> list[Path]:
+def write_results(predictor, films: Sequence[str], rows: dict[str, dict], folder: Path, heatmaps: bool = False) -> tuple[list[Path], list[str]]:
     """For every DICOM film of `films` whose CSV row (`rows`, by path) has no error: its report (and with `heatmaps` its
     capture) in `folder/<StudyInstanceUID>/`, from the row's own figures. A film written before keeps its files (and
-    their UIDs); returns every file now in place for these films."""
+    their UIDs). Returns every file now in place for these films, and a sentence for each DICOM film that got none."""
     import pydicom
 
     from .cam import overlay as blend
@@ -132,7 +133,7 @@ def write_results(predictor, films: Sequence[str], rows: dict[str, dict], folder
     if len(dicom) < len(films):
         logger.warning("%d of %d inputs are not DICOM files: they get no DICOM results (their rows are in the CSV).", len(films) - len(dicom), len(films))
     model = identity_of(predictor)
-    written = []
+    written, problems = [], []
     series: dict[tuple[str, str], list] = {}  # (study, kind) -> [series UID, instances so far]: one series of each kind per study and run
 
     def next_in(study: str, kind: str) -> tuple[str, int]:
@@ -145,6 +146,10 @@ def write_results(predictor, films: Sequence[str], rows: dict[str, dict], folder
         if row is None or row["error"]:
             continue
         source = pydicom.dcmread(path)
+        missing = [name for name in REFERENCED if not source.get(name)]
+        if missing:
+            problems.append(f"{path}: no DICOM result: it lacks {', '.join(missing)}, which a report must reference; export the film from the PACS with them.")
+            continue
         target = folder / str(source.StudyInstanceUID)
         report, capture = target / f"{source.SOPInstanceUID}.sr.dcm", target / f"{source.SOPInstanceUID}.sc.dcm"
         target.mkdir(parents=True, exist_ok=True)
@@ -157,7 +162,7 @@ def write_results(predictor, films: Sequence[str], rows: dict[str, dict], folder
                 prediction = predictor.predict(path, heatmap=True)
                 _save(secondary_capture(source, np.asarray(blend(prediction.image, prediction.heatmap)), next_in(source.StudyInstanceUID, "sc")), capture)
             written.append(capture)
-    return written
+    return written, problems
 
 
 def _save(dataset: Dataset, path: Path) -> None:

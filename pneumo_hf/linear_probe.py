@@ -27,9 +27,9 @@ __all__ = ["fit_linear_head", "pooled_features", "set_linear_head"]
 
 
 @torch.no_grad()
-def pooled_features(classifier: PneumoniaClassifier, films: torch.utils.data.Dataset, cache_dir: Path, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def pooled_features(classifier: PneumoniaClassifier, films: torch.utils.data.Dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The pooled features (the head's input) and labels of every readable film of `films` (a `CachedFilms` of
-    normalised inputs), computed once for these films and these backbone weights and kept in `cache_dir`."""
+    normalised inputs), computed once for these films and these backbone weights and kept beside the film cache."""
     from .data import collate
 
     if classifier.family != "timm" or not hasattr(classifier.backbone, "forward_head"):
@@ -43,7 +43,7 @@ def pooled_features(classifier: PneumoniaClassifier, films: torch.utils.data.Dat
         weights.update(name.encode())
         weights.update(tensor.detach().cpu().numpy().tobytes())
     key = hashlib.sha256(f"{Path(films.pixels.filename).name}:{weights.hexdigest()}".encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"features-{key}.npz"
+    path = Path(films.pixels.filename).with_name(f"features-{key}.npz")
     if path.is_file():
         stored = np.load(path)
         logger.info("Pooled features of %d films reused from %s.", len(stored["labels"]), path)

@@ -33,7 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 from . import metrics
 from .data import DataError, XrayDataset, class_weights, collate, load_evaluation_set, load_splits
 from .domain import fit_domain_check
-from .film_cache import BatchAugment, cached_films, default_cache_dir
+from .film_cache import BatchAugment, cached_films
 from .hub import SUMMARY_FILE, push_folder, write_model_card
 from .labels import LABELS
 from .models import PneumoniaClassifier, build_classifier, head_of
@@ -345,7 +345,7 @@ def _fit_linear_probe(args: TrainingArguments, classifier: PneumoniaClassifier, 
     from .linear_probe import fit_linear_head, pooled_features, set_linear_head
 
     films = cached_films(train_set, classifier.data_config, args.film_cache_dir, num_workers=args.dataloader_num_workers)
-    features, labels = pooled_features(classifier, films, Path(args.film_cache_dir).expanduser() if args.film_cache_dir else default_cache_dir(), args.per_device_eval_batch_size)
+    features, labels = pooled_features(classifier, films, args.per_device_eval_batch_size)
     set_linear_head(classifier, *fit_linear_head(features, labels, args.linear_probe_c, args.seed))
 
 

@@ -176,3 +176,17 @@ def test_every_object_written_passes_dciodvfy_and_reads_back_the_same(tmp_path, 
     assert any(len(text.split()[-1]) == 64 for text in algorithm if text.startswith("weights sha256"))
     capture = pydicom.dcmread(next((tmp_path / "out").rglob("*.sc.dcm")))
     assert capture.StudyInstanceUID == source.StudyInstanceUID and capture.PhotometricInterpretation == "RGB" and capture.pixel_array.ndim == 3
+
+
+def test_a_dicom_film_without_its_study_gets_a_sentence_and_keeps_its_row(tmp_path):
+    from conftest import make_dicom, xray_like
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "bare.dcm").write_bytes(make_dicom(xray_like(3, (96, 80))))  # pixels, but no study, series or patient
+    csv_path = tmp_path / "not" / "yet" / "preds.csv"  # --output in a folder that does not exist yet
+    done = predict(str(folder), "--output", str(csv_path), "--dicom_out", str(tmp_path / "results"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "bare.dcm: no DICOM result: it lacks StudyInstanceUID, SeriesInstanceUID, which a report must reference" in done.stdout
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 1 and rows[0]["decision"] in ("NORMAL", "PNEUMONIA") and not rows[0]["error"]

@@ -81,24 +81,20 @@ def build(members: list[PneumoniaClassifier], views: list[str]) -> PneumoniaClas
 
 
 def fp16_members(classifier: PneumoniaClassifier, validation, views: list[str], logits, labels, tolerance: float) -> tuple[list[str], float]:
-    """The submodules to store in fp16: each member (`members.I`) whole, or else all of it but its classifier head,
-    taken one by one while the rounded ensemble's validation probabilities stay within `tolerance` of fp32; and the
-    largest change of those kept (with none kept, the smallest change tried)."""
+    """The members (`members.I`) to store in fp16, taken one by one while the rounded ensemble's validation
+    probabilities stay within `tolerance` of fp32; and the largest change of those kept (with none kept, the
+    smallest change tried)."""
     temperature = metrics.fit_temperature(logits, labels)
     reference = metrics.probabilities(logits, temperature)[:, 1]
     half, kept, tried = [], 0.0, []
-    for index, member in enumerate(classifier.backbone.members):
-        head = (getattr(member, "pretrained_cfg", None) or {}).get("classifier")
-        body = [f"members.{index}.{name}" for name, _ in member.named_children() if name != head]
-        for candidate in [[f"members.{index}"]] + ([body] if head and body else []):
-            trial = half + candidate
-            rounded = evaluate(classifier.fp16_rounded(trial), validation, Accelerator(), views)[0]
-            change = float(np.abs(metrics.probabilities(rounded, temperature)[:, 1] - reference).max())
-            print(f"fp16 for {', '.join(candidate)}: validation probabilities move by up to {change:.5f} (tolerance {tolerance:g})")
-            tried.append(change)
-            if change <= tolerance:
-                half, kept = trial, change
-                break
+    for index in range(len(classifier.backbone.members)):
+        trial = half + [f"members.{index}"]
+        rounded = evaluate(classifier.fp16_rounded(trial), validation, Accelerator(), views)[0]
+        change = float(np.abs(metrics.probabilities(rounded, temperature)[:, 1] - reference).max())
+        print(f"fp16 for {', '.join(trial)}: validation probabilities move by up to {change:.5f} (tolerance {tolerance:g})")
+        tried.append(change)
+        if change <= tolerance:
+            half, kept = trial, change
     return half, (kept if half else min(tried))
 
 
@@ -139,7 +135,7 @@ def main(argv=None) -> int:
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
 
     output = Path(args.output_dir)
-    dtype = "float16" if half == [f"members.{i}" for i in range(len(members))] else "mixed" if half else "float32"
+    dtype = "float16" if len(half) == len(members) else "mixed" if half else "float32"
     storage = {"dtype": dtype, "fp16_max_change": fp16_change, "fp16_members": half}
     classifier.save_pretrained(output, half=half)
     for name in ("training_args.json", WEIGHTS_FILE, CONFIG_FILE):  # the validation split and the domain check are the first member's

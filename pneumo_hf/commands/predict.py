@@ -83,14 +83,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def dicom_results(args: argparse.Namespace, predictor, films: list[str]) -> int:
-    """Write the DICOM results of the rows in --output, store them with --store_to; 1 when a film was not stored."""
+    """Write the DICOM results of the rows in --output, store them with --store_to; 1 when a DICOM film got no result or
+    was not stored."""
     from pneumo_hf.batch import written_rows
     from pneumo_hf.dicom_out import StoreError, store, write_results
 
-    files = write_results(predictor, films, written_rows(Path(args.output)), args.dicom_out, heatmaps=args.heatmaps is not None)
-    print(f"{len(files)} DICOM objects in {args.dicom_out}")
+    files, problems = write_results(predictor, films, written_rows(Path(args.output)), args.dicom_out, heatmaps=args.heatmaps is not None)
+    print("\n".join([*problems, f"{len(files)} DICOM objects in {args.dicom_out}"]))
     if not args.store_to:
-        return 0
+        return 1 if problems else 0
     host, port = args.store_to
     try:
         answers = store(files, args.dicom_out, host, port, args.calling_ae, args.called_ae)
@@ -101,4 +102,4 @@ def dicom_results(args: argparse.Namespace, predictor, films: list[str]) -> int:
     for path, answer in answers.items():
         print(f"{path}: {answer}")
     print(f"{sum(answer == 'stored' for answer in answers.values())} stored now, {len(files) - len(answers)} stored before")
-    return 0 if all(answer == "stored" for answer in answers.values()) else 1
+    return 0 if all(answer == "stored" for answer in answers.values()) and not problems else 1

@@ -20,7 +20,7 @@ import torch
 
 from pneumo_hf import metrics
 from pneumo_hf.data import load_evaluation_set, load_splits
-from pneumo_hf.film_cache import cached_films, default_cache_dir
+from pneumo_hf.film_cache import cached_films
 from pneumo_hf.linear_probe import fit_linear_head, pooled_features
 from pneumo_hf.models import PneumoniaClassifier, build_classifier
 from pneumo_hf.training import score_split, split_loader
@@ -62,8 +62,7 @@ def main() -> None:
     train_set, validation_set = load_splits(None, args.train_dir, None, 0.15, args.split_seed, None)
     test_set = load_evaluation_set(data_dir=args.test_dev_dir)
     classifier = build_classifier(args.checkpoint, image_size=args.image_size)
-    cache = default_cache_dir()
-    features = {name: pooled_features(classifier, cached_films(split, classifier.data_config), cache) for name, split in (("train", train_set), ("validation", validation_set), ("test_dev", test_set))}
+    features = {name: pooled_features(classifier, cached_films(split, classifier.data_config)) for name, split in (("train", train_set), ("validation", validation_set), ("test_dev", test_set))}
     others = {name: model_logits(args.with_model, split) for name, split in (("validation", validation_set), ("test_dev", test_set))} if args.with_model else None
     size = classifier.data_config["input_size"][-1]
     print("| checkpoint | px | C | probe share | test_dev accuracy | test_dev ROC-AUC | sensitivity | specificity | ECE | val ROC-AUC |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
