@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 # One OpenMP thread per worker, set before torch loads: two workers each spinning two threads on two cores
-# served 0.64 of Gradio's ceiling, one thread each 0.87 (README, "App speed"); torch.set_num_threads does not
+# served 0.64 of Gradio's ceiling, one thread each 0.87 (docs/speed.md, "The app"); torch.set_num_threads does not
 # reach Gradio's worker threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Privacy by default: Gradio's usage analytics and its run history (every film and result kept in the visitor's browser,
@@ -19,9 +19,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_RUN_HISTORY", "False")
 os.environ.setdefault("GRADIO_MCP_SERVER", "True")
-import csv
-import json
-import re
 import tempfile
 import uuid
 from functools import lru_cache
@@ -30,21 +27,17 @@ from typing import Any, Optional
 
 import gradio as gr
 from gradio.components.label import LabelConfidence, LabelData
+from gradio.data_classes import FileData
 
-from pneumo_hf import ImageError, ModelError, Prediction, Predictor, load_predictor
+from pneumo_hf import ImageError, ModelError, Prediction, Predictor, load_predictor, page
 from pneumo_hf.cam import overlay
 from pneumo_hf.examples import find_examples, hub_examples
-from pneumo_hf.hub import card_text, maintainers_results, readable_split
+from pneumo_hf.folder import CONFIG, ModelFolder
 from pneumo_hf.imaging import IMAGE_SUFFIXES, MAX_FILE_BYTES, load_image
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
-from pneumo_hf.metrics import plot_split
-from pneumo_hf.site_check import MAX_FILMS, MAX_UNPACKED_BYTES, ArchiveError, check_archive
+from pneumo_hf.site_check import ArchiveError, check_archive
 
 DEFAULT = "default (shipped in pneumo_hf)"
-NOTICE = (
-    "**Not a medical device.** A research demo trained on pediatric (age 1–5) anterior-posterior chest films "
-    "from one hospital. Do not use it to diagnose or treat anyone."
-)
 KEEP_FILES_SECONDS = int(os.environ.get("PNEUMO_KEEP_FILES_SECONDS", 600))  # uploads and outputs, then deleted
 OVERLAY_MAX_SIDE = 1024  # the page shows the overlay at most 360 px high
 CONCURRENCY = int(os.environ.get("PNEUMO_CONCURRENCY", 2))  # one worker per core of a free Space
@@ -104,22 +97,23 @@ def overlay_file(prediction: Prediction, kind: str = "overlays", blended: bool =
     return str(path)
 
 
-def predict_page(file: Optional[str], model_name: str) -> tuple[Prediction, str, Prediction]:
-    """The page's prediction: label confidences (headed by the decision), the heatmap overlay, and the prediction kept."""
-    prediction = _predict(file, model_name, heatmap=True)
-    return prediction, overlay_file(prediction), prediction
+def shown(prediction: Prediction, model_name: str) -> tuple[Prediction, tuple[str, str], str, str, dict[str, Any]]:
+    """Everything the page shows of one prediction: the label confidences (headed by the decision), the slider (film |
+    heatmap over it), the heatmap file, the sentence beside the decision, and what /details returns."""
+    heatmap = overlay_file(prediction)
+    film = overlay_file(prediction, "films", blended=False)
+    return prediction, (film, heatmap), heatmap, page.describe(prediction), page.details_of(prediction, get_predictor(model_name))
+
+
+def predict_page(file: Optional[str], model_name: str):
+    """An upload, a click on Predict, on an example or on a Hub example: the prediction with its heatmap, all shown."""
+    return shown(_predict(file, model_name, heatmap=True), model_name)
 
 
 def predict_overlay(file: Optional[str]) -> tuple[Prediction, str]:
     """The /predict endpoint of gradio_client (the first model served): label confidences, then the heatmap overlay."""
-    return predict_page(file, model_choices()[0])[:2]
-
-
-def film_and_heatmap(prediction: Optional[Prediction], heatmap_path: Optional[str]) -> Optional[tuple[str, str]]:
-    """The slider's two sides: the film, and the heatmap over it at the same size."""
-    if prediction is None or not heatmap_path:
-        return None
-    return overlay_file(prediction, "films", blended=False), heatmap_path
+    prediction = _predict(file, model_choices()[0], heatmap=True)
+    return prediction, overlay_file(prediction)
 
 
 def predict(film: str, model_name: str) -> tuple[dict[str, Any], str]:
@@ -138,53 +132,14 @@ def predict(film: str, model_name: str) -> tuple[dict[str, Any], str]:
         the heatmap over the film as an image (red: where the model saw PNEUMONIA).
     """
     prediction = _predict(film, model_name, heatmap=True)
-    return details_of(prediction, model_name), overlay_file(prediction)
+    return page.details_of(prediction, get_predictor(model_name)), overlay_file(prediction)
 
 
-def details_of(prediction: Optional[Prediction], model_name: str) -> Optional[dict[str, Any]]:
-    if prediction is None:
-        return None
-    predictor = get_predictor(model_name)
-    return {
-        "decision": prediction.label,
-        "probabilities": prediction.probabilities,
-        "threshold": prediction.threshold,
-        "warnings": prediction.warnings,
-        "model": {"name": predictor.name, "revision": predictor.revision},
-    }
-
-
-def details(file: Optional[str]) -> dict[str, Any]:
+def details(film: FileData) -> dict[str, Any]:
     """The /details endpoint of gradio_client (the first model served): decision, probabilities, threshold, warnings
     and model as one JSON object."""
     model_name = model_choices()[0]
-    return details_of(_predict(file, model_name, heatmap=False), model_name)
-
-
-def describe(prediction: Optional[Prediction]) -> str:
-    """What sits beside the decision: the calibrated probability, the threshold, and any warning."""
-    if prediction is None:
-        return ""
-    pneumonia = prediction.probabilities["PNEUMONIA"]
-    lines = [f"⚠️ **{warning}**" for warning in prediction.warnings]
-    lines += [f"Calibrated PNEUMONIA probability **{pneumonia:.1%}**; the model says PNEUMONIA from **{prediction.threshold:.1%}** up, so this film is **{prediction.label}**."]
-    return "\n\n".join(lines)
-
-
-def show_example(file: str, model_name: str) -> tuple[Prediction, tuple[str, str], str, str]:
-    """A click on an example: all that an upload shows, in one call so that it can be cached."""
-    prediction = _predict(file, model_name, heatmap=True)
-    heatmap = overlay_file(prediction)
-    return prediction, film_and_heatmap(prediction, heatmap), heatmap, describe(prediction)
-
-
-CHECK_NOTE = (
-    f"Upload one .zip of labelled films: `NORMAL/` and `PNEUMONIA/` folders at any depth, or the films with a `labels.csv` "
-    f"(`file,label`). At most {MAX_FILMS:,} films and {MAX_UNPACKED_BYTES // 2**20} MB unpacked; archives with links, names "
-    "outside the archive or zip bombs are refused. The figures are taken at the model's stored threshold, as "
-    "`pneumo-hf evaluate` takes them, and a film that cannot be read is listed, not counted. **Patients' films belong on a "
-    "local copy of this app (`python app.py`), not on a public Space**; `pneumo-hf calibrate` refits the threshold on them."
-)
+    return page.details_of(_predict(film["path"] if film else None, model_name, heatmap=False), get_predictor(model_name))
 
 
 def evaluate(archive: str, model_name: str) -> tuple[dict[str, Any], str]:
@@ -201,11 +156,11 @@ def evaluate(archive: str, model_name: str) -> tuple[dict[str, Any], str]:
         A JSON object {n, accuracy, roc_auc, sensitivity, specificity, ece, threshold, confusion: {tn, fp, fn, tp},
         errors: [{file, error}], notes}; then a per-film CSV.
     """
-    return check_films(archive, model_name)
+    return check_films(archive, model_name)[:2]
 
 
-def check_films(archive: Optional[str], model_name: str, progress=gr.Progress(track_tqdm=True)) -> tuple[dict[str, Any], str]:
-    """The check tab: `evaluate` with a progress bar."""
+def check_films(archive: Optional[str], model_name: str, progress=gr.Progress(track_tqdm=True)) -> tuple[dict[str, Any], str, list[dict]]:
+    """The check tab: `evaluate` with a progress bar, and the per-film rows kept for the plots."""
     if not archive:
         raise gr.Error("Upload a .zip of labelled films first (NORMAL/ and PNEUMONIA/ folders, or films with a labels.csv).")
     try:
@@ -214,37 +169,20 @@ def check_films(archive: Optional[str], model_name: str, progress=gr.Progress(tr
         raise gr.Error(str(error)) from None
     table = output_path("checks", ".csv")
     try:
-        summary, _ = check_archive(predictor, archive, Path(tempfile.mkdtemp(prefix="pneumo_check_")), table)
+        summary, rows = check_archive(predictor, archive, Path(tempfile.mkdtemp(prefix="pneumo_check_")), table)
     except ArchiveError as error:
         raise gr.Error(str(error)) from None
-    return summary, str(table)
+    return summary, str(table), rows
 
 
-def check_report(summary: Optional[dict[str, Any]], table: Optional[str]) -> tuple[str, list]:
+def check_report(summary: Optional[dict[str, Any]], rows: Optional[list[dict]]) -> tuple[str, list]:
     """The figures as a table, and the ROC (with the operating point), confusion matrix and reliability diagram."""
-    if not summary or not table:
+    if not summary or rows is None:
         return "", []
-
-    def cell(value):
-        return "—" if value is None else f"{value:.3f}"
-
-    confusion = summary["confusion"]
-    lines = [
-        "| films | accuracy | ROC-AUC | sensitivity | specificity | ECE | threshold | TN FP FN TP | unreadable |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| {summary['n']} | {cell(summary['accuracy'])} | {cell(summary['roc_auc'])} | {cell(summary['sensitivity'])} | {cell(summary['specificity'])} | "
-        f"{cell(summary['ece'])} | {summary['threshold']:.3f} | {confusion['tn']} {confusion['fp']} {confusion['fn']} {confusion['tp']} | {len(summary['errors'])} |",
-        *(f"\n{note}" for note in summary.get("notes", [])),
-    ]
-    with open(table, newline="") as file:
-        rows = [row for row in csv.DictReader(file) if not row["error"]]
-    labels = [int(row["label"] == "PNEUMONIA") for row in rows]
-    if len(set(labels)) < 2:
-        return "\n".join(lines) + "\n\nThe plots need films of both labels.", []
     folder = output_path("checks", "")
     folder.mkdir()
-    plots = plot_split(labels, [float(row["probability_PNEUMONIA"]) for row in rows], summary["threshold"], folder, "site", "Your films")
-    return "\n".join(lines), [str(path) for path in plots]
+    plots = page.check_plots(rows, summary["threshold"], folder)
+    return page.check_table(summary) + ("" if plots else "\n\nThe plots need films of both labels."), [str(path) for path in plots]
 
 
 def preview(file: Optional[str]):
@@ -258,71 +196,21 @@ def preview(file: Optional[str]):
         return None
 
 
-def deleted_within_minutes() -> int:
-    """Gradio's sweep runs every half of KEEP_FILES_SECONDS and deletes what is older: a file is gone within 1.5 times it."""
-    return max(1, round(1.5 * KEEP_FILES_SECONDS / 60))
-
-
 def _switched_on(variable: str) -> bool:
     return os.environ.get(variable, "").lower() in ("1", "true")
 
 
 def privacy_line() -> str:
-    """Where films and results are kept and for how long, from the settings in force."""
-    analytics = "on (the operator turned them on)" if _switched_on("GRADIO_ANALYTICS_ENABLED") else "off"
-    history = (
-        "The operator turned Gradio's run history on: calls of this app's public API endpoints from your browser are kept in it until you clear them."
-        if _switched_on("GRADIO_RUN_HISTORY")
-        else "Nothing is kept in your browser (Gradio's run history is off)."
-    )
-    return (
-        f"Uploaded films and their results are deleted from the server within {deleted_within_minutes()} minutes. {history} "
-        f"Gradio's usage analytics are {analytics}. Patients' films belong on a local copy (`python app.py`), not on a public Space."
-    )
-
-
-def model_notice(folder: Optional[Path]) -> str:
-    """What the model folder says about films unlike its training films, for the notice: the maintainers' adult
-    figures (maintainers_results.json) and the domain check's own record (domain_check.json)."""
-    if folder is None:
-        return "This model was not measured on adults: expect it to fail on them."
-    maintainers = maintainers_results(folder) or {}
-    adults = [row for row in maintainers.get("splits", []) if "adult" in row["name"]]
-    lines = [f"On adults' films it {'does no better than chance' if row['roc_auc'] < 0.6 else 'was measured'}: ROC-AUC {row['roc_auc']:.2f} on the maintainers' {row['name']}, {row['films']} films." for row in adults]
-    if not adults:
-        lines.append("It was not measured on adults: expect it to fail on them.")
-    check_file = folder / "domain_check.json"
-    if not check_file.is_file():
-        return " ".join(lines + ["This model has no domain check: it does not warn when a film is unlike its training films."])
-    earlier = " with an earlier, stricter cut" if maintainers.get("earlier_domain_check") else ""
-    caught = [f"{100 * row['domain_warned']:.1f} % of that adult set{earlier}" for row in adults if row.get("domain_warned") is not None]
-    reported = json.loads(check_file.read_text()).get("reported", {})
-    caught += [f"{100 * share['flagged']:.1f} % of {share['films']} {readable_split(name)}" for name, share in reported.items() if "adult" in name]
-    lines.append("It warns when a film looks unlike its training films" + (f": the warning caught {' and '.join(caught)}, not all." if caught else "."))
-    return " ".join(lines)
+    return page.privacy_line(KEEP_FILES_SECONDS, analytics=_switched_on("GRADIO_ANALYTICS_ENABLED"), run_history=_switched_on("GRADIO_RUN_HISTORY"))
 
 
 def about(model_name: str) -> tuple[str, list, str]:
     """The model card's text and plots for the About tab, and the notice's figures, all read from the model folder."""
     try:
-        folder = get_predictor(model_name).folder
+        folder = get_predictor(model_name).model_folder
     except ModelError as error:
-        return f"**No model loaded.** {error}", [], NOTICE
-    card = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", card_text(folder) if folder else "")  # the plots are shown below
-    plots = [(str(path), path.stem.replace("_", " ")) for path in plot_files(folder)] if folder else []
-    return card, plots, f"{NOTICE} {model_notice(folder)}\n\n{privacy_line()}"
-
-
-def plot_files(folder: Path) -> list[Path]:
-    """The folder's plots in the card's order: films it never saw, then validation, then anything else; each split's
-    ROC, confusion matrix and reliability diagram in that order."""
-
-    def rank(path: Path) -> tuple:
-        split = next((i for i, prefix in enumerate(("test_dev_", "validation_")) if path.name.startswith(prefix)), 2)
-        kind = next((i for i, name in enumerate(("roc_curve", "confusion_matrix", "reliability")) if path.stem.endswith(name)), 3)
-        return split, kind, path.name
-
-    return sorted(folder.glob("*.png"), key=rank)
+        return f"**No model loaded.** {error}", [], page.NOTICE
+    return page.about(folder, privacy_line())
 
 
 @lru_cache(maxsize=1)
@@ -343,11 +231,11 @@ def pick_more(event: gr.SelectData) -> str:
 def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
     """The whole page; `examples_dir` defaults to PNEUMO_EXAMPLES_DIR, else the films copied into pneumo_hf/example_films."""
     choices = model_choices()
-    model_ready = choices != [DEFAULT] or (DEFAULT_MODEL_DIR / "config.json").is_file()
+    model_ready = choices != [DEFAULT] or ModelFolder(DEFAULT_MODEL_DIR).has(CONFIG)
     examples, examples_note = find_examples(examples_dir or os.environ.get("PNEUMO_EXAMPLES_DIR"))
     with gr.Blocks(title="Pneumonia on chest X-rays", delete_cache=(max(1, KEEP_FILES_SECONDS // 2), KEEP_FILES_SECONDS)) as demo:
         gr.Markdown("# Pneumonia on chest X-rays\nDrop in a chest X-ray (JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM) to see NORMAL/PNEUMONIA and where the model looked.")
-        notice = gr.Markdown(f"{NOTICE}\n\n{privacy_line()}", elem_id="notice")
+        notice = gr.Markdown(f"{page.NOTICE}\n\n{privacy_line()}", elem_id="notice")
         if not model_ready:
             gr.Markdown("**No model is set up.** Set `PNEUMO_MODEL` to a model folder or Hub id (e.g. `PNEUMO_MODEL=runs/b0 python app.py`).")
         with gr.Tab("Predict"):
@@ -367,21 +255,22 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
                     heatmap = gr.File(label="Heatmap over the film (JPEG)", interactive=False, elem_id="heatmap-file")
                     with gr.Accordion("For programmers: what /details returns for this film", open=False):
                         details_json = gr.JSON(label="details")
-            state = gr.State()
+            shown_outputs = [label, slider, heatmap, decision, details_json]
             if examples and model_ready:
                 gr.Examples(
-                    [[str(path)] for path in examples], inputs=image, outputs=[label, slider, heatmap, decision], fn=lambda file: show_example(file, choices[0]),
+                    [[str(path)] for path in examples], inputs=image, outputs=shown_outputs, fn=lambda file: predict_page(file, choices[0]),
                     cache_examples=True, cache_mode="lazy", examples_per_page=8, api_visibility="private",
                     label="Examples (click one)" if len(choices) == 1 else f"Examples (click one; answered by {choices[0]})",
                 )
             gr.Markdown(examples_note)
             more = gr.Gallery(label="More examples: the Hub data set's test split (click one)", visible=False, columns=8, height="auto", allow_preview=False)
         with gr.Tab("Check on your films"):
-            gr.Markdown(CHECK_NOTE)
+            gr.Markdown(page.CHECK_NOTE)
             with gr.Row():
                 archive = gr.File(label="Labelled films (.zip)", file_types=[".zip"], type="filepath")
                 check_button = gr.Button("Check", variant="primary")
             check_table = gr.Markdown(elem_id="check-table")
+            check_rows = gr.State()
             check_plots = gr.Gallery(label="ROC (operating point marked), confusion matrix and reliability on your films", columns=3, height="auto")
             with gr.Row():
                 check_json = gr.JSON(label="The figures (what /evaluate returns first)")
@@ -392,20 +281,14 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
         upload.change(preview, inputs=upload, outputs=image, api_visibility="private")
         # The MCP tools are the public endpoints: predict (/predict_film) and evaluate. /predict and /details serve
         # gradio_client as before ("undocumented": callable, not tools; the first model served); the page's events are private.
-        check_button.click(check_films, inputs=[archive, model], outputs=[check_json, check_csv], api_visibility="private").then(
-            check_report, inputs=[check_json, check_csv], outputs=[check_table, check_plots], api_visibility="private"
+        check_button.click(check_films, inputs=[archive, model], outputs=[check_json, check_csv, check_rows], api_visibility="private").then(
+            check_report, inputs=[check_json, check_rows], outputs=[check_table, check_plots], api_visibility="private"
         )
-
-        def then_show(event):  # after the prediction: the slider, the sentence beside the decision, the details
-            event.then(film_and_heatmap, inputs=[state, heatmap], outputs=slider, api_visibility="private").then(describe, inputs=state, outputs=decision, api_visibility="private").then(
-                details_of, inputs=[state, model], outputs=details_json, api_visibility="private"
-            )
-
-        then_show(gr.on([button.click, upload.upload], predict_page, inputs=[upload, model], outputs=[label, heatmap, state], api_visibility="private"))
-        then_show(more.select(pick_more, outputs=upload, api_visibility="private").then(predict_page, inputs=[upload, model], outputs=[label, heatmap, state], api_visibility="private"))
+        gr.on([button.click, upload.upload], predict_page, inputs=[upload, model], outputs=shown_outputs, api_visibility="private")
+        more.select(pick_more, outputs=upload, api_visibility="private").then(predict_page, inputs=[upload, model], outputs=shown_outputs, api_visibility="private")
         api_only = gr.Button(visible=False)  # endpoints with no control of their own on the page
         api_only.click(predict_overlay, inputs=upload, outputs=[label, heatmap], api_name="predict", api_visibility="undocumented")
-        api_only.click(details, inputs=upload, outputs=details_json, api_name="details", api_visibility="undocumented")
+        gr.api(details, api_name="details", api_visibility="undocumented")
         # Unqueued: Gradio 6.31's MCP server returns a queued tool's several outputs as one text
         api_only.click(predict, inputs=[upload, model], outputs=[details_json, heatmap], api_name="predict_film", queue=False)
         api_only.click(evaluate, inputs=[archive, model], outputs=[check_json, check_csv], api_name="evaluate", queue=False)

@@ -18,43 +18,28 @@ import io
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from tqdm.auto import tqdm
 
-from .imaging import ImageError, film_files, load_image, xray_warnings
+from .errors import UserError
+from .films import Film, FilmDataset
+from .imaging import film_files, xray_warnings
 from .inference import Predictor
 from .labels import LABELS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COLUMNS", "Film", "collect_inputs", "predict_archive"]
+__all__ = ["COLUMNS", "collect_inputs", "predict_archive"]
 
 COLUMNS = ["path", "decision", *(f"probability_{name}" for name in LABELS), "threshold", "warnings", "error"]
 LIST_SUFFIXES = (".csv", ".txt", ".lst")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input that names nothing to predict; the message says what was expected."""
-
-
-@dataclass(frozen=True)
-class Film:
-    """One input: `key` is what its row's `path` says; the image comes from `path`, or row `index` of `dataset`."""
-
-    key: str
-    path: Optional[str] = None
-    dataset: Any = None
-    index: int = -1
-
-    def read(self):
-        if self.dataset is None:
-            return self.path
-        image = self.dataset[self.index]["image"]
-        return image.get("bytes") or image["path"]
 
 
 def collect_inputs(inputs: Sequence[str], split: str = "test") -> list[Film]:
@@ -114,24 +99,14 @@ def _dataset_films(name: str, split: str) -> list[Film]:
     return [Film(f"{name}:{split}/{index}", dataset=dataset, index=index) for index in range(len(dataset))]
 
 
-class _Decoded(torch.utils.data.Dataset):
-    """Films decoded and transformed in the DataLoader's workers; an unreadable one carries its error instead."""
+class _Described:
+    """What the batch command keeps of a decoded film beside its pixels: its warnings, and the image for a heatmap."""
 
-    def __init__(self, films: Sequence[Film], transform, keep_images: bool):
-        self.films, self.transform, self.keep_images = films, transform, keep_images
+    def __init__(self, keep_images: bool):
+        self.keep_images = keep_images
 
-    def __len__(self) -> int:
-        return len(self.films)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        film = self.films[index]
-        try:
-            image = load_image(film.read())
-        except ImageError as error:
-            return {"film": film, "error": str(error)}
-        except Exception as error:  # a list that names a missing file, a damaged data set row: that row's error
-            return {"film": film, "error": f"{type(error).__name__}: {error}"}
-        return {"film": film, "pixel_values": self.transform(image), "warnings": xray_warnings(image), "image": image if self.keep_images else None}
+    def __call__(self, image) -> dict[str, Any]:
+        return {"warnings": xray_warnings(image), "image": image if self.keep_images else None}
 
 
 def _part(output: Path, rank: int) -> Path:
@@ -176,7 +151,7 @@ def predict_archive(
     if heatmaps:
         heatmaps.mkdir(parents=True, exist_ok=True)
     loader = torch.utils.data.DataLoader(
-        _Decoded(todo, predictor.transform, keep_images=heatmaps is not None), batch_size=batch_size, num_workers=num_workers, collate_fn=list
+        FilmDataset(todo, predictor.transform, extras=_Described(heatmaps is not None), any_error=True), batch_size=batch_size, num_workers=num_workers, collate_fn=list
     )
     part = _part(output, rank)
     counts = {"films": len(films), "predicted": 0, "skipped": len(done), "errors": 0}  # the bar shows films/s
@@ -207,10 +182,10 @@ def _predict_rows(predictor: Predictor, batch: list[dict], heatmaps: Optional[Pa
     if readable:
         images = [item["image"] for item in readable]
         predictions = predictor.predict_images(images, torch.stack([item["pixel_values"] for item in readable]), heatmap=heatmaps is not None, warnings=[item["warnings"] for item in readable])
-    by_key = {item["film"].key: prediction for item, prediction in zip(readable, predictions, strict=True)}
+    by_key = {item["key"]: prediction for item, prediction in zip(readable, predictions, strict=True)}
     rows = []
     for item in batch:
-        key = item["film"].key
+        key = item["key"]
         row = dict.fromkeys(COLUMNS, "")
         row["path"], row["error"] = key, item.get("error", "")
         if key in by_key:

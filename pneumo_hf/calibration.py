@@ -6,10 +6,7 @@ patient-grouped cross-fit what the refit is worth on films it did not see. The w
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,22 +14,17 @@ from accelerate import Accelerator
 
 from . import metrics
 from .data import DataError, load_evaluation_set, patient_halves
-from .hub import CALIBRATION_FILE, SUMMARY_FILE, readable_split, write_model_card
+from .errors import ArgumentError
+from .evaluation import evaluate, fit_calibration, split_loader
+from .folder import CALIBRATION, SUMMARY, ModelFolder
+from .hub import readable_split, write_model_card
 from .models import PneumoniaClassifier, resolve_model_folder
-from .training import evaluate, split_loader
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CALIBRATION_FILE", "calibrate_folder", "crossfit", "refit"]
+__all__ = ["calibrate_folder", "crossfit"]
 
 FIGURES = ("accuracy", "recall", "specificity", "ece")
-
-
-def refit(logits: np.ndarray, labels: np.ndarray, min_sensitivity: float) -> tuple[float, float]:
-    """Temperature by likelihood, then the most specific threshold keeping `min_sensitivity`, on these films."""
-    temperature = metrics.fit_temperature(logits, labels)
-    threshold = metrics.choose_threshold(labels, metrics.probabilities(logits, temperature)[:, 1], min_sensitivity)
-    return temperature, threshold
 
 
 def crossfit(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray, min_sensitivity: float, stored: tuple[float, float], repeats: int = 10) -> dict[str, dict[str, float]]:
@@ -40,7 +32,7 @@ def crossfit(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray, min_s
     `stored` (temperature, threshold) and the refit on the other half, each measured on the same half."""
     found: dict[str, list[dict]] = {"stored": [], "refit": []}
     for fit, held in patient_halves(labels, patients, repeats):
-        for name, (temperature, threshold) in (("stored", stored), ("refit", refit(logits[fit], labels[fit], min_sensitivity))):
+        for name, (temperature, threshold) in (("stored", stored), ("refit", fit_calibration(logits[fit], labels[fit], min_sensitivity))):
             found[name].append(metrics.classification_metrics(labels[held], metrics.probabilities(logits[held], temperature)[:, 1], threshold))
     return {name: {**{key: float(np.mean([row[key] for row in rows])) for key in FIGURES}, "lowest_recall": float(min(row["recall"] for row in rows)), "halves": len(rows)} for name, rows in found.items()}
 
@@ -50,10 +42,10 @@ def calibrate_folder(model: str, data_dir: str, min_sensitivity: float, output_d
     the model folder (byte-identical weights) with the new temperature and threshold in config.json, calibration.json
     (figures before and after, the cross-fit) and the card rewritten to say so. Returns calibration.json's content."""
     if not 0.5 <= min_sensitivity <= 1.0:
-        raise ValueError(f"--min_sensitivity {min_sensitivity}: give a value between 0.5 and 1, e.g. 0.95.")
-    output = Path(output_dir)
-    if output.exists() and any(output.iterdir()):
-        raise ValueError(f"--output_dir {output} is not empty; choose a new folder, the calibrated copy goes there whole.")
+        raise ArgumentError(f"--min_sensitivity {min_sensitivity}: give a value between 0.5 and 1, e.g. 0.95.")
+    output = ModelFolder(output_dir)
+    if output.path.exists() and any(output.path.iterdir()):
+        raise ArgumentError(f"--output_dir {output.path} is not empty; choose a new folder, the calibrated copy goes there whole.")
     folder = resolve_model_folder(model)
     classifier = PneumoniaClassifier.from_pretrained(folder).eval()
     films = load_evaluation_set(data_dir=data_dir)
@@ -62,7 +54,7 @@ def calibrate_folder(model: str, data_dir: str, min_sensitivity: float, output_d
         raise DataError(f"{data_dir} holds films of one label only; calibration needs NORMAL and PNEUMONIA films.")
     logits, labels = evaluate(classifier, split_loader(classifier, films), Accelerator(), classifier.test_time_views)
     stored = (classifier.temperature, classifier.threshold)
-    temperature, threshold = refit(logits, labels, min_sensitivity)
+    temperature, threshold = fit_calibration(logits, labels, min_sensitivity)
     before = metrics.classification_metrics(labels, metrics.probabilities(logits, stored[0])[:, 1], stored[1])
     after = metrics.classification_metrics(labels, metrics.probabilities(logits, temperature)[:, 1], threshold)
     report = {
@@ -73,14 +65,11 @@ def calibrate_folder(model: str, data_dir: str, min_sensitivity: float, output_d
         "after": {"temperature": temperature, "threshold": threshold, **{key: after[key] for key in (*FIGURES, "roc_auc")}},
         "crossfit": crossfit(logits, labels, np.asarray(films["patient"]), min_sensitivity, stored, repeats),
     }
-    shutil.copytree(folder, output, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints", "best_model", ".cache"))
-    config_path = output / "config.json"
-    config = json.loads(config_path.read_text())
-    config.update(decision_threshold=threshold, calibration_temperature=temperature)
-    config_path.write_text(json.dumps(config, indent=2))
-    (output / CALIBRATION_FILE).write_text(json.dumps(report, indent=2))
-    if (output / SUMMARY_FILE).is_file():
-        write_model_card(output)
+    ModelFolder(folder).copy_to(output)
+    output.set_calibration(temperature, threshold)
+    output.write(CALIBRATION, report)
+    if output.read(SUMMARY) is not None:
+        write_model_card(output.path)
     else:
-        logger.warning("%s has no %s: its card is left as it was.", folder, SUMMARY_FILE)
+        logger.warning("%s has no training_summary.json: its card is left as it was.", folder)
     return report

@@ -24,12 +24,15 @@ from typing import Any, Union
 import timm
 import torch
 
+from .errors import UserError
+from .folder import CARD, ModelFolder
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["PACKAGED", "CheckpointError", "map_state_dict", "packaged_weights", "weights_source_sentence", "write_checkpoint"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A packaged checkpoint that is missing or does not fit its architecture; the message names the fix."""
 
 
@@ -96,7 +99,7 @@ def write_checkpoint(architecture: str, output_dir: Union[str, Path]) -> Path:
     model.eval()
     folder = Path(output_dir)
     timm.models.save_for_hf(model, folder, model_config={"weights_source": source}, safe_serialization=True)
-    (folder / "README.md").write_text(_card(architecture, source))
+    ModelFolder(folder).file(CARD).write_text(_card(architecture, source))
     logger.info("Wrote %s (%s %s, sha256 %s) as a timm checkpoint folder in %s.", architecture, source["package"], source["version"], source["sha256"][:12], folder)
     return folder
 

@@ -1,6 +1,6 @@
 """Data: a Hub data set (or a local copy of one) or an image folder → undecoded `datasets.Dataset`s,
-a patient-grouped stratified validation split, class weights, and the Dataset that decodes films for training
-(the one transform builder is `pneumo_hf.transforms`).
+a patient-grouped stratified validation split, class weights, and the rows as films for a DataLoader
+(`pneumo_hf.films.FilmDataset`; the one transform builder is `pneumo_hf.transforms`).
 
     from pneumo_hf.data import load_splits
     train, validation = load_splits(train_dir="../shared/data/chest_xray_224/train", seed=42)
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,10 +18,10 @@ import datasets
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
-from torchvision.transforms import v2
 
+from .errors import UserError
+from .films import Film, FilmDataset
 from .hub import hub_reachable
-from .imaging import ImageError, load_image
 from .labels import LABELS
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,9 @@ __all__ = [
     "load_evaluation_set",
     "split_by_patient",
     "class_weights",
-    "XrayDataset",
     "collate",
+    "dataset_films",
+    "skipping_unreadable",
 ]
 
 _PATIENT_PATTERNS = (
@@ -43,7 +44,7 @@ _PATIENT_PATTERNS = (
 )
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data set that cannot be used; the message names the parameter (as `name`) or folder to fix."""
 
 
@@ -169,30 +170,23 @@ def class_weights(labels: Sequence[int]) -> torch.Tensor:
     return torch.tensor(compute_class_weight("balanced", classes=np.arange(len(LABELS)), y=labels), dtype=torch.float32)
 
 
-class XrayDataset(torch.utils.data.Dataset):
-    """Decodes rows of an undecoded `datasets.Dataset` through `pneumo_hf.imaging`; unreadable rows yield None."""
-
-    def __init__(self, dataset: datasets.Dataset, transform: v2.Compose):
-        self.dataset = dataset
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Optional[dict[str, Any]]:
-        row = self.dataset[index]
-        image = row["image"]
-        try:
-            pixels = self.transform(load_image(image["bytes"] or image["path"]))
-        except ImageError as error:
-            logger.warning("Skipping unreadable training image %s: %s", image.get("path") or f"row {index}", error)
-            return None
-        return {"pixel_values": pixels, "labels": row["label"]}
+def dataset_films(dataset: datasets.Dataset) -> list[Film]:
+    """The rows of an undecoded `datasets.Dataset` as films, read row by row when a worker needs them."""
+    return [Film(f"row {index}", dataset=dataset, index=index) for index in range(len(dataset))]
 
 
-def collate(rows: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
+def skipping_unreadable(dataset: datasets.Dataset, transform: Callable) -> FilmDataset:
+    """The rows of an undecoded `datasets.Dataset` (columns `image`, `label`) decoded through `transform`; `collate`
+    leaves out, counts and logs the films that cannot be read."""
+    return FilmDataset(dataset_films(dataset), transform, labels=dataset["label"])
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the readable rows; `n_skipped` counts the unreadable ones so the loop can report them."""
-    kept = [row for row in rows if row is not None]
+    for row in rows:
+        if "error" in row:
+            logger.warning("Skipping unreadable image %s: %s", row["source"], row["error"])
+    kept = [row for row in rows if "error" not in row]
     if not kept:
         return {"pixel_values": torch.empty(0), "labels": torch.empty(0, dtype=torch.long), "n_skipped": len(rows)}
     return {

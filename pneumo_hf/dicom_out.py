@@ -31,6 +31,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ModelIdentity", "NOT_A_DEVICE", "StoreError", "identity_of", "secondary_capture", "store", "structured_report", "write_results"]
@@ -49,7 +51,7 @@ LEDGER = "stored.json"
 REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")  # what a report must name of its film
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The PACS could not be reached or refused an association; the message says what to check, `files` what was not stored."""
 
     def __init__(self, message: str, files: Sequence[Path]):
@@ -204,6 +206,4 @@ def store(files: Sequence[Path], folder: Path, host: str, port: int, calling_ae:
 
 def identity_of(predictor) -> ModelIdentity:
     """The predictor's model as the report names it."""
-    from .hub import weights_sha256
-
-    return ModelIdentity(predictor.name, predictor.revision or "", weights_sha256(predictor.folder, 64) if predictor.folder else "")
+    return ModelIdentity(predictor.name, predictor.revision or "", predictor.model_folder.weights_sha256(64) if predictor.folder else "")

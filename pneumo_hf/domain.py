@@ -12,14 +12,13 @@ convolution: each channel's mean and standard deviation, and its mean and mean m
 training films only and shrunk towards a multiple of the identity (scikit-learn's ShrunkCovariance, 0.05). A film is
 flagged when its distance is over a cut calibrated so that at most `max_flagged` of a calibration set of real
 in-domain films are. What tells a child's chest from an adult's, a lateral view, a photo or a document lives in
-these low-level statistics, which the classifier's pooled embedding has learnt to ignore (measured: README).
-Stored beside the model as `domain_check.safetensors` (the statistics) and `domain_check.json` (the cut and
-what it was calibrated on); no pickle.
+these low-level statistics, which the classifier's pooled embedding has learnt to ignore (measured: docs/domain-check.md).
+Stored in the model folder (`pneumo_hf.folder`) as `domain_check.safetensors` (the statistics) and `domain_check.json`
+(the cut and what it was calibrated on); no pickle.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -30,20 +29,19 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import PneumoniaClassifier
+from .folder import DOMAIN_CHECK, DOMAIN_CHECK_WEIGHTS, ModelFolder
+from .models import ModelError, PneumoniaClassifier
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DOMAIN_WARNING", "DOMAIN_WARNINGS", "INVERTED_WARNING", "KINDS", "VERY_UNLIKE_WARNING", "DomainCheck", "crossfit_flagged", "cut_for", "default_grid", "embedding_model", "first_convolution", "film_statistics", "fit_domain_check", "pooled_embedding"]
 
-WEIGHTS_FILE, CONFIG_FILE = "domain_check.safetensors", "domain_check.json"
 FEATURES = "first-conv channel mean, std, grid mean and mean magnitude (v2)"
 POOLED = "pooled embedding of the first member (v1)"  # for pretrained backbones: their features did not learn to ignore an adult's chest
 KINDS = {"first_conv": FEATURES, "pooled": POOLED}
-# Chosen on adult_check (README, "The domain check"): 4×4 and 5×5 flag more adult films than 3×3, and shrinkage
+# Chosen on adult_check (docs/domain-check.md): 4×4 and 5×5 flag more adult films than 3×3, and shrinkage
 # 0.05 to 0.1 more than Ledoit-Wolf's own (0.001 to 0.003 here), which trusts directions training films barely vary in.
 MAX_GRID, MAX_FEATURES, SHRINKAGE = 4, 2048, 0.05
 DOMAIN_WARNING = (
@@ -160,24 +158,23 @@ class DomainCheck:
         stored = {name: tensor.contiguous() for name, tensor in self.statistics.items() if name != "precision"}
         rows, columns = torch.triu_indices(*self.statistics["precision"].shape)
         stored["precision_upper"] = self.statistics["precision"][rows, columns].contiguous()
-        save_file(stored, str(Path(folder, WEIGHTS_FILE)))
-        Path(folder, CONFIG_FILE).write_text(json.dumps({"features": self.kind, **({"grid": self.grid} if self.grid else {}), "cut": self.cut, **self.info}, indent=2))
+        ModelFolder(folder).write_domain_check(stored, {"features": self.kind, **({"grid": self.grid} if self.grid else {}), "cut": self.cut, **self.info})
 
     @classmethod
     def load(cls, folder: Path, classifier: PneumoniaClassifier) -> Optional[DomainCheck]:
         """The check stored in a model folder, or None (logged) when the folder has none or it does not fit the model."""
-        weights, config = Path(folder, WEIGHTS_FILE), Path(folder, CONFIG_FILE)
-        if not (weights.is_file() and config.is_file()):
+        model_folder = ModelFolder(folder)
+        settings = model_folder.read(DOMAIN_CHECK)
+        if settings is None or not model_folder.has(DOMAIN_CHECK_WEIGHTS):
             logger.info("%s has no domain check: films unlike the training films get no warning (fit one with train/fit_domain_check.py).", folder)
             return None
-        settings = json.loads(config.read_text())
         kind = settings.pop("features", None)
         module = first_convolution(classifier) if kind == FEATURES else embedding_model(classifier) if kind == POOLED else None
         if module is None:
             logger.warning("%s has a domain check of another kind (%s) than its model takes; it is not used (refit it with train/fit_domain_check.py).", folder, kind)
             return None
         grid = settings.pop("grid", None)
-        return cls(module, _full_precision(load_file(str(weights))), float(settings.pop("cut")), settings, grid=int(grid) if grid else None, kind=kind)
+        return cls(module, _full_precision(model_folder.domain_check_tensors()), float(settings.pop("cut")), settings, grid=int(grid) if grid else None, kind=kind)
 
 
 def _full_precision(statistics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -224,11 +221,11 @@ def fit_domain_check(
     if kind == "pooled":
         module, grid = embedding_model(classifier), None
         if module is None:
-            raise ValueError(f"{classifier.architecture} has no pooled embedding to take film statistics from; use the first_conv check.")
+            raise ModelError(f"{classifier.architecture} has no pooled embedding to take film statistics from; use the first_conv check.")
     else:
         module = first_convolution(classifier)
         if module is None:
-            raise ValueError(f"{classifier.architecture} has no first convolution to take film statistics from.")
+            raise ModelError(f"{classifier.architecture} has no first convolution to take film statistics from.")
         grid = grid or default_grid(module)
     check = DomainCheck(module, {}, cut=float("inf"), info={}, grid=grid, kind=features)
     train = torch.cat([check.features(batch) for batch in train_batches]).double()

@@ -6,13 +6,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import socket
-from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -22,20 +18,19 @@ from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from huggingface_hub.constants import ENDPOINT, HF_HUB_OFFLINE
 
 from .checkpoints import weights_source_sentence
+from .errors import UserError
+from .folder import CALIBRATION, CARD, DOMAIN_CHECK, RESULTS, SUMMARY, TRAINING_CURVES, ModelFolder
 from .labels import LABELS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubError", "hub_reachable", "maintainers_results", "readable_split", "weights_sha256", "write_model_card", "card_text", "push_folder"]
+__all__ = ["HubError", "hub_reachable", "readable_split", "write_model_card", "push_folder"]
 
 DATASET_ID = "hf-vision/chest-xray-pneumonia"
 CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
-SUMMARY_FILE = "training_summary.json"  # how a model folder was trained, written beside it by train.py and ensemble.py
-MAINTAINERS_FILE = "maintainers_results.json"  # figures measured by the maintainers on films the project never had
-CALIBRATION_FILE = "calibration.json"  # a site's refit of temperature and threshold, written by `pneumo-hf calibrate`
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A Hub operation that failed; the message says what to do."""
 
 
@@ -53,20 +48,21 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
-    """README.md of a model folder, written from the folder's own files through huggingface_hub's ModelCard and
-    `model_card_template.md`: training_summary.json (how it was trained), all_results.json (the figures),
-    domain_check.json, maintainers_results.json (when it is about these weights) and the plots present.
+    """README.md of a model folder, written from the folder's own files (`pneumo_hf.folder.ModelFolder`) through
+    huggingface_hub's ModelCard and `model_card_template.md`: training_summary.json (how it was trained),
+    all_results.json (the figures), domain_check.json, calibration.json, maintainers_results.json (when it is about
+    these weights) and the plots present.
 
         python train/write_card.py --model runs/b0 --test_dev_dir ../shared/data/chest_xray_224/test_dev   # again, by hand
     """
-    folder = Path(folder)
-    summary = json.loads((folder / SUMMARY_FILE).read_text())
-    results = json.loads((folder / "all_results.json").read_text())
+    folder = ModelFolder(folder)
+    summary, results = folder.read(SUMMARY), folder.read(RESULTS)
     metrics, test_dev = _prefixed(results, "validation_"), _prefixed(results, "test_dev_") or None
-    domain_check = _readable_domain_check(json.loads((folder / "domain_check.json").read_text())) if (folder / "domain_check.json").is_file() else None
-    maintainers = maintainers_results(folder)
+    domain_check = folder.read(DOMAIN_CHECK)
+    maintainers = folder.maintainers_results()
+    calibration = folder.read(CALIBRATION)
     model_id = model_id or summary.get("model_id")
-    model_name = model_id or folder.name
+    model_name = model_id or folder.path.name
     card_data = ModelCardData(
         license="cc-by-4.0",
         library_name="timm" if summary["family"] == "timm" else "transformers",
@@ -95,10 +91,10 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
         failure_modes=_failure_modes(metrics["confusion_matrix"], test_dev, maintainers),
         test_dev=test_dev,
         test_dev_plots=_plots(folder, "test_dev", "official test split, half A"),
-        validation_plots=_plots(folder, "validation", "validation split") + _plots(folder, "training", "validation during training", ("curves",)),
+        validation_plots=_plots(folder, "validation", "validation split") + _training_curves(folder),
         maintainers=_maintainers_table(maintainers) if maintainers else None,
-        calibration=_calibration_table(json.loads((folder / CALIBRATION_FILE).read_text())) if (folder / CALIBRATION_FILE).is_file() else None,
-        domain_check=domain_check,
+        calibration=_calibration_table(calibration) if calibration else None,
+        domain_check=_readable_domain_check(domain_check) if domain_check else None,
         ensemble=summary["architecture"].startswith("pneumo_ensemble"),
         test_dev_confusion=" ".join(str(count) for row in test_dev["confusion_matrix"] for count in row) if test_dev else "",
         model_path=model_id or "path/to/this/folder",
@@ -107,38 +103,7 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
         linear_probe_c=summary.get("linear_probe_c"),
         **{key: summary[key] for key in ("input_size", "mean", "std", "loss", "class_weights", "epochs_run", "train_images", "train_seconds", "command")},
     )
-    card.save(folder / "README.md")
-
-
-def weights_sha256(folder: Path, digits: int = 12) -> Optional[str]:
-    """The first `digits` hex digits of the SHA-256 of the folder's model.safetensors (64: all of it), or None without
-    one; hashed once per version of the file (its size and modification time), as the app asks on every page load."""
-    weights = Path(folder, "model.safetensors")
-    if not weights.is_file():
-        return None
-    stat = weights.stat()
-    return _sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)[:digits]
-
-
-@lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def maintainers_results(folder: Path) -> Optional[dict[str, Any]]:
-    """maintainers_results.json: figures the maintainers measured on films the project never had, or None when the
-    folder has none or when they were measured on other weights (the file names the SHA-256 they were measured on)."""
-    path = Path(folder, MAINTAINERS_FILE)
-    if not path.is_file():
-        return None
-    found = json.loads(path.read_text())
-    if found.get("model_sha256") != weights_sha256(folder):
-        logger.warning("%s was measured on weights %s, not these (%s): not shown.", path, found.get("model_sha256"), weights_sha256(folder))
-        return None
-    check = Path(folder, "domain_check.json")
-    cut = json.loads(check.read_text()).get("cut") if check.is_file() else None
-    # the domain-warning shares belong to the check they were measured with, which may have been refitted since
-    return {**found, "earlier_domain_check": found.get("domain_check_cut") is not None and found["domain_check_cut"] != cut, "current_cut": cut}
+    card.save(folder.file(CARD))
 
 
 def _maintainers_table(found: dict[str, Any]) -> dict[str, Any]:
@@ -173,10 +138,13 @@ def _prefixed(results: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {key[len(prefix):]: value for key, value in results.items() if key.startswith(prefix)}
 
 
-def _plots(folder: Path, prefix: str, split: str, names: Sequence[str] = ("roc_curve", "confusion_matrix", "reliability")) -> list[dict[str, str]]:
+def _plots(folder: ModelFolder, split: str, described: str) -> list[dict[str, str]]:
     """The split's plots present in the folder, in the card's order, with their alt text."""
-    files = [(f"{prefix}_{name}.png", f"{name.replace('_', ' ')}, {split}") for name in names]
-    return [{"file": file, "alt": alt} for file, alt in files if (folder / file).is_file()]
+    return [{"file": name, "alt": f"{name[len(split) + 1 : -len('.png')].replace('_', ' ')}, {described}"} for name in folder.split_plots(split)]
+
+
+def _training_curves(folder: ModelFolder) -> list[dict[str, str]]:
+    return [{"file": TRAINING_CURVES, "alt": "curves, validation during training"}] if folder.has(TRAINING_CURVES) else []
 
 
 READABLE_SPLITS = {"test_dev": "official test split, half A", "adult_check": "adult films from other sources (adult_check)"}
@@ -213,12 +181,6 @@ def _start(summary: dict[str, Any]) -> str:
     if _hub_id(base_model):
         return f"fine-tuned from [`{base_model}`](https://huggingface.co/{base_model}){at}"
     return f"fine-tuned from the checkpoint in the local folder `{Path(base_model).name}`"
-
-
-def card_text(folder: Path) -> str:
-    """The model card of a model folder without its YAML metadata, or a line saying there is none."""
-    path = Path(folder, "README.md")
-    return ModelCard.load(path).text if path.is_file() else "This model folder has no model card."
 
 
 def _failure_modes(confusion_matrix: list, test_dev: Optional[dict[str, Any]], maintainers: Optional[dict[str, Any]]) -> str:

@@ -16,6 +16,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import UserError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm", ".dicom")
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 60_000_000
@@ -28,7 +30,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ImageError", "load_image", "film_files", "hidden_in", "is_dicom_file", "is_film_file", "xray_warnings", "IMAGE_SUFFIXES", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An input that cannot be read as an image; the message says what to do."""
 
 

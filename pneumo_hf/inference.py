@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .domain import DomainCheck
-from .hub import weights_sha256
+from .folder import CONFIG, ModelFolder
 from .imaging import ImageSource, load_image, xray_warnings
 from .labels import LABEL2ID, LABELS, POSITIVE_LABEL
 from .models import ModelError, PneumoniaClassifier, resolve_model_folder
@@ -53,7 +53,7 @@ class Predictor:
 
     def __init__(self, classifier: PneumoniaClassifier, folder: Optional[Path] = None, name: Optional[str] = None):
         self.classifier = classifier.eval()
-        if classifier.family == "timm":  # a quarter less CPU per film for the CNNs (README, "App speed")
+        if classifier.family == "timm":  # a quarter less CPU per film for the CNNs (docs/speed.md)
             self.classifier.to(memory_format=torch.channels_last)
         self.folder = folder  # the model folder, for its card and plots
         self.domain = DomainCheck.load(folder, classifier) if folder else None  # flags films unlike the training films
@@ -74,8 +74,13 @@ class Predictor:
             return None
         if self.folder.parent.name == "snapshots":  # huggingface_hub's cache layout: snapshots/<commit>/
             return self.folder.name
-        digest = weights_sha256(self.folder)
+        digest = self.model_folder.weights_sha256()
         return f"sha256:{digest}" if digest else None
+
+    @property
+    def model_folder(self) -> Optional[ModelFolder]:
+        """The folder's files (card, results, plots, domain check record), or None for a classifier built in memory."""
+        return ModelFolder(self.folder) if self.folder else None
 
     def predict(self, source: ImageSource, heatmap: bool = False) -> Prediction:
         """One image: a path (any image type or DICOM), bytes, a PIL image or a numpy array."""
@@ -162,7 +167,7 @@ def _resize(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def load_predictor(name_or_path: Union[str, os.PathLike, None] = None) -> Predictor:
     """A predictor for a local model folder or a Hub repo id; with no argument, the model shipped in the package."""
     if name_or_path is None:
-        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        if not ModelFolder(DEFAULT_MODEL_DIR).has(CONFIG):
             raise ModelError("No default model ships with this install; pass a model folder or Hub id, e.g. load_predictor('runs/b0'), or set PNEUMO_MODEL for the app.")
         name_or_path, name = DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
     else:

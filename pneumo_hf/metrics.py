@@ -15,6 +15,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn import metrics as skm
 
+from .folder import PLOT_KINDS, plot_name
 from .labels import LABELS
 
 __all__ = [
@@ -143,8 +144,8 @@ def plot_reliability(labels: Sequence[int], scores: Sequence[float], path: Path,
 
 def plot_split(labels: Sequence[int], scores: Sequence[float], threshold: float, folder: Path, prefix: str, title: str) -> list[Path]:
     """ROC with the operating point, confusion matrix at `threshold` and reliability diagram of one split, written to
-    `folder` as PREFIX_roc_curve.png, PREFIX_confusion_matrix.png and PREFIX_reliability.png."""
-    paths = [Path(folder, f"{prefix}_{name}.png") for name in ("roc_curve", "confusion_matrix", "reliability")]
+    `folder` as PREFIX_roc_curve.png, PREFIX_confusion_matrix.png and PREFIX_reliability.png (`pneumo_hf.folder`'s names)."""
+    paths = [Path(folder, plot_name(prefix, kind)) for kind in PLOT_KINDS]
     plot_roc(labels, scores, paths[0], f"{title}: ROC", threshold)
     plot_confusion(labels, scores, threshold, paths[1], title)
     plot_reliability(labels, scores, paths[2], f"{title}: reliability")

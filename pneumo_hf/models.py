@@ -14,7 +14,6 @@ and `transformers.TimmWrapperForImageClassification.from_pretrained("runs/b0")` 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ from PIL import Image
 from torch import nn
 
 from . import ensemble, keras_cnn  # noqa: F401  (register `pneumo_ensemble` and `keras_cnn` with timm, so they build and load by name)
+from .errors import UserError
+from .folder import CONFIG, ModelFolder
 from .hub import hub_reachable
 from .labels import ID2LABEL, LABEL2ID, LABELS
 
@@ -39,7 +40,7 @@ CHECKPOINT_FILES = ("*.json", "*.safetensors")  # what fine-tuning needs of a ch
 _TRANSFORMERS_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model name or folder that cannot be used; the message names the fix."""
 
 
@@ -110,7 +111,7 @@ class PneumoniaClassifier(nn.Module):
         if self.family == "timm":
             data_config = {key: self.data_config[key] for key in ("input_size", "mean", "std", "interpolation")}
             timm.models.save_for_hf(backbone, folder, model_config={"label_names": list(LABELS), **extras}, data_config=data_config, safe_serialization=True)
-            _drop_num_classes_from_model_args(folder / "config.json")
+            _drop_num_classes_from_model_args(ModelFolder(folder))
             return
         from transformers import ViTImageProcessor
 
@@ -123,7 +124,7 @@ class PneumoniaClassifier(nn.Module):
     def from_pretrained(cls, name_or_path: Union[str, Path]) -> PneumoniaClassifier:
         """Load a model folder, local or a Hub repo id."""
         folder = resolve_model_folder(name_or_path)
-        config = json.loads((folder / "config.json").read_text())
+        config = ModelFolder(folder).read(CONFIG)
         extras = {
             "threshold": float(config.get("decision_threshold", 0.5)),
             "temperature": float(config.get("calibration_temperature", 1.0)),
@@ -156,12 +157,12 @@ def head_of(classifier: PneumoniaClassifier) -> nn.Module:
     return head
 
 
-def _drop_num_classes_from_model_args(config_path: Path) -> None:
+def _drop_num_classes_from_model_args(folder: ModelFolder) -> None:
     """transformers' TimmWrapper passes num_classes itself and fails when model_args repeats it;
     timm reads it from the top-level `num_classes` as well, so the copy in model_args is redundant."""
-    config = json.loads(config_path.read_text())
+    config = folder.read(CONFIG)
     config.get("model_args", {}).pop("num_classes", None)
-    config_path.write_text(json.dumps(config, indent=2))
+    folder.write(CONFIG, config)
 
 
 def _halve(backbone: nn.Module, modules: Sequence[str]) -> nn.Module:
@@ -175,7 +176,7 @@ def resolve_model_folder(name_or_path: Union[str, Path]) -> Path:
     """A local model folder as it is, or a Hub repo id downloaded to the cache."""
     path = Path(name_or_path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not ModelFolder(path).has(CONFIG):
             raise ModelError(f"{path} is a folder but holds no config.json; point at a model folder written by train/train.py.")
         return path
     if path.exists() or str(name_or_path).count("/") != 1:
@@ -235,10 +236,9 @@ def from_checkpoint(folder: Path, repo_id: Optional[str] = None, image_size: Opt
     """A classifier from a checkpoint folder in timm's or transformers' Hub format (a Hub snapshot, or a folder made by
     `hf download ID --local-dir DIR`): its weights, a new two-class head, and preprocessing from the checkpoint
     (`image_size` overrides the size). A pneumo_hf model folder loads as it is."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    config = ModelFolder(folder).read(CONFIG)
+    if config is None:
         raise ModelError(f"{folder} holds no config.json: pass a model folder, or a checkpoint folder made by `hf download ID --local-dir DIR`.")
-    config = json.loads(config_path.read_text())
     if "decision_threshold" in config:  # a model folder written by pneumo_hf
         return PneumoniaClassifier.from_pretrained(folder)
     revision = folder.name if repo_id and re.fullmatch(r"[0-9a-f]{40}", folder.name) else None  # a cache snapshot is named by its commit
@@ -252,7 +252,7 @@ def from_checkpoint(folder: Path, repo_id: Optional[str] = None, image_size: Opt
         backbone, data_config = _load_transformers_checkpoint(folder, config, image_size)
         family = "transformers"
     else:
-        raise ModelError(f"{config_path} is neither timm's format (`architecture`) nor transformers' (`model_type`).")
+        raise ModelError(f"{ModelFolder(folder).file(CONFIG)} is neither timm's format (`architecture`) nor transformers' (`model_type`).")
     if image_size:
         data_config["input_size"] = (3, image_size, image_size)
     logger.info("Loaded %s weights of %s from %s with a new %d-class head: fine-tuning, not training from scratch.", family, config.get("architecture") or config["model_type"], source, len(LABELS))

@@ -23,7 +23,9 @@ from typing import Any, Union
 import numpy as np
 
 from . import metrics
-from .batch import COLUMNS, Film, predict_archive
+from .batch import COLUMNS, predict_archive
+from .errors import UserError
+from .films import Film
 from .imaging import film_files, hidden_in
 from .inference import Predictor
 from .labels import LABEL2ID, LABELS
@@ -36,7 +38,7 @@ MAX_RATIO = 200  # uncompressed over compressed size of one entry: JPEG and DICO
 CHUNK = 2**20
 
 
-class ArchiveError(ValueError):
+class ArchiveError(UserError, ValueError):
     """An archive refused before or while unpacking, or one with no labelled films; the message says why in one sentence."""
 
 

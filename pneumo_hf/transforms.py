@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from .augmentation import Augmentation
+
 __all__ = ["RandomGamma", "build_transform"]
 
 
@@ -35,29 +37,28 @@ def build_transform(data_config: dict[str, Any], train: bool = False, aug_streng
     """The one preprocessing used by training, evaluation, inference and Grad-CAM.
 
     Grey → 3 channels, resize to the model's input size (aspect not kept, as in the training data),
-    normalise with the model's mean/std. Training adds radiograph-safe augmentation scaled by `aug_strength`;
-    intensity augmentation scaled by `intensity_aug` (gamma in exp(±0.4·s) for half the films, a Gaussian blur of
-    σ up to s pixels and Gaussian noise of σ 0.03·s for a third each: other exposures, detectors and sharpness);
-    and with probability `random_erasing` a rectangle of noise (random erasing, as timm's `--reprob` with `--remode pixel`)."""
+    normalise with the model's mean/std. With `train`, the training augmentation (`pneumo_hf.augmentation.Augmentation`,
+    drawn film by film) of the given strengths."""
     height, width = data_config["input_size"][-2:]
     interpolation = InterpolationMode(data_config.get("interpolation", "bilinear"))
     steps: list[Any] = [v2.ToImage(), v2.Grayscale(num_output_channels=3), v2.Resize((height, width), interpolation=interpolation, antialias=True)]
-    if train and aug_strength > 0:
-        s = aug_strength
+    spec = Augmentation(aug_strength, intensity_aug, random_erasing) if train else Augmentation(0.0)
+    if spec.geometric:
+        g = spec.geometric
         steps += [
-            v2.RandomAffine(degrees=10 * s, translate=(0.06 * s, 0.06 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s), interpolation=InterpolationMode.BILINEAR),
-            v2.ColorJitter(brightness=0.2 * s, contrast=0.2 * s),
+            v2.RandomAffine(degrees=g["degrees"], translate=g["translate"], scale=g["scale"], interpolation=InterpolationMode.BILINEAR),
+            v2.ColorJitter(brightness=g["brightness"], contrast=g["contrast"]),
         ]
-    if train and intensity_aug > 0:
-        s = intensity_aug
+    if spec.intensity:
+        i = spec.intensity
         steps += [
-            v2.RandomApply([RandomGamma((math.exp(-0.4 * s), math.exp(0.4 * s)))], p=0.5),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, max(0.1, s)))], p=1 / 3),
+            v2.RandomApply([RandomGamma(i["gamma"])], p=i["gamma_p"]),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=i["blur_kernel"], sigma=i["blur_sigma"])], p=i["blur_p"]),
         ]
     steps.append(v2.ToDtype(torch.float32, scale=True))
-    if train and intensity_aug > 0:
-        steps.append(v2.RandomApply([v2.GaussianNoise(sigma=0.03 * intensity_aug)], p=1 / 3))
+    if spec.intensity:
+        steps.append(v2.RandomApply([v2.GaussianNoise(sigma=spec.intensity["noise_std"])], p=spec.intensity["noise_p"]))
     steps.append(v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"])))
-    if train and random_erasing > 0:
-        steps.append(v2.RandomErasing(p=random_erasing, value="random"))
+    if spec.random_erasing > 0:
+        steps.append(v2.RandomErasing(p=spec.random_erasing, value="random"))
     return v2.Compose(steps)

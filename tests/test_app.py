@@ -170,7 +170,7 @@ def test_label_heading_is_the_decision_not_the_largest_confidence(default_server
     and its larger probability disagree, and gr.Label alone would head it with the larger one."""
     from gradio_client import Client, handle_file
 
-    from pneumo_hf.training import validation_split_of
+    from pneumo_hf.evaluation import validation_split_of
 
     predictor = load_predictor()
     low, high = sorted((predictor.threshold, 0.5))

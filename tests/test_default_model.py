@@ -39,8 +39,8 @@ def test_default_model_separates_validation_xrays():
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs ../shared/data")
 def test_shipped_example_films_come_from_the_validation_split_never_train_or_test_dev():
+    from pneumo_hf.evaluation import validation_split_of
     from pneumo_hf.examples import find_examples
-    from pneumo_hf.training import validation_split_of
 
     films, _ = find_examples()
     validation = {Path(row["path"]).name for row in validation_split_of(DEFAULT_MODEL_DIR)["image"]}

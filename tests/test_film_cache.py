@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import write_image_folder
 
-from pneumo_hf.data import XrayDataset, collate, load_evaluation_set
-from pneumo_hf.film_cache import BatchAugment, cached_films
+from pneumo_hf.augmentation import BatchAugment
+from pneumo_hf.data import collate, load_evaluation_set, skipping_unreadable
+from pneumo_hf.film_cache import cached_films
 from pneumo_hf.models import build_classifier
 from pneumo_hf.transforms import build_transform
 
@@ -23,7 +24,7 @@ def films(tmp_path):
 def test_cached_films_are_the_pixels_build_transform_gives(films, tmp_path, name):
     data_config = build_classifier(name, image_size=48).data_config
     cached = cached_films(films, data_config, tmp_path / "cache")
-    decoded = XrayDataset(films, build_transform(data_config))
+    decoded = skipping_unreadable(films, build_transform(data_config))
     for index in range(len(films)):
         assert torch.allclose(cached[index]["pixel_values"], decoded[index]["pixel_values"], atol=1e-5)
         assert cached[index]["labels"] == decoded[index]["labels"]
@@ -49,7 +50,10 @@ def test_an_unreadable_film_is_skipped_and_counted(films, tmp_path):
     with open(films[1]["image"]["path"], "wb") as file:
         file.write(b"not a film")
     cached = cached_films(films, build_classifier("resnet18", image_size=32).data_config, tmp_path / "cache")
-    assert cached[1] is None and collate([cached[0], cached[1]])["n_skipped"] == 1
+    assert "error" in cached[1] and collate([cached[0], cached[1]])["n_skipped"] == 1
+    decoded = skipping_unreadable(films, build_transform(build_classifier("resnet18", image_size=32).data_config))
+    assert "pixel_values" not in decoded[1] and decoded[1]["source"] == films[1]["image"]["path"]  # the film-by-film path names the file
+    assert collate([decoded[0], decoded[1]])["n_skipped"] == 1 and len(collate([decoded[0], decoded[1]])["pixel_values"]) == 1
 
 
 def test_batch_augmentation_draws_per_film_and_is_off_at_strength_zero():

@@ -132,11 +132,11 @@ def test_unfrozen_after_the_head_epoch_the_backbone_moves_with_layer_decay(tmp_p
 
 
 def test_layer_decay_gives_the_stem_the_smallest_learning_rate():
-    from pneumo_hf.training import _parameter_groups
+    from pneumo_hf.optimization import parameter_groups
 
     classifier = build_classifier("test_resnet")
     args = TrainingArguments(output_dir="runs/unused", train_dir="unused", layer_decay=0.5, learning_rate=1e-3)
-    groups = _parameter_groups(classifier, args)
+    groups = parameter_groups(classifier, args)
     rate_of = {id(parameter): group["lr"] for group in groups for parameter in group["params"]}
     stem, head = classifier.backbone.conv1[0].weight, classifier.backbone.get_classifier().weight
     assert rate_of[id(head)] == pytest.approx(1e-3) and rate_of[id(stem)] < rate_of[id(head)] * 0.5 ** 2

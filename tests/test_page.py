@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from pneumo_hf.hub import maintainers_results, weights_sha256
+from pneumo_hf import page
+from pneumo_hf.folder import ModelFolder
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,37 +52,37 @@ def test_the_notice_reads_its_figures_from_the_model_folder(app):
     assert "Not a medical device" in notice
     assert "It was not measured on adults" in notice and "NIH" not in notice and "0.49" not in notice  # no one else's figures
     assert f"{100 * adult_check_share()['flagged']:.1f} % of {adult_check_share()['films']} adult films" in notice
-    assert "analytics are off" in notice and f"within {app.deleted_within_minutes()} minutes" in notice and app.deleted_within_minutes() == 15
+    assert "analytics are off" in notice and f"within {page.deleted_within_minutes(app.KEEP_FILES_SECONDS)} minutes" in notice and page.deleted_within_minutes(app.KEEP_FILES_SECONDS) == 15
     assert [Path(path).name for path, _ in plots][:3] == ["test_dev_roc_curve.png", "test_dev_confusion_matrix.png", "test_dev_reliability.png"]
     assert "## How to use" in card
 
 
-def test_the_notice_quotes_the_maintainers_for_the_weights_they_measured(app, tmp_path):
+def test_the_notice_quotes_the_maintainers_for_the_weights_they_measured(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"the weights they measured")
     (tmp_path / "domain_check.json").write_text(json.dumps(DOMAIN))
-    (tmp_path / "maintainers_results.json").write_text(json.dumps({**PREVIOUS, "model_sha256": weights_sha256(tmp_path), "domain_check_cut": DOMAIN["cut"]}))
+    (tmp_path / "maintainers_results.json").write_text(json.dumps({**PREVIOUS, "model_sha256": ModelFolder(tmp_path).weights_sha256(), "domain_check_cut": DOMAIN["cut"]}))
     adults = PREVIOUS["splits"][1]
-    assert f"ROC-AUC {adults['roc_auc']:.2f} on the maintainers' {adults['name']}, {adults['films']} films" in app.model_notice(tmp_path)
+    assert f"ROC-AUC {adults['roc_auc']:.2f} on the maintainers' {adults['name']}, {adults['films']} films" in page.model_notice(ModelFolder(tmp_path))
 
 
-def test_the_notice_follows_the_folder_when_its_record_changes(app, tmp_path):
+def test_the_notice_follows_the_folder_when_its_record_changes(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     changed = {**DOMAIN, "reported": {"../shared/data/adult_check": {"films": 10, "flagged": 0.5}}}
     (folder / "domain_check.json").write_text(json.dumps(changed))
-    notice = app.model_notice(folder)
+    notice = page.model_notice(ModelFolder(folder))
     assert "50.0 % of 10 adult films" in notice and "not measured on adults" in notice  # no maintainers' figures here
     (folder / "domain_check.json").unlink()
-    assert "has no domain check" in app.model_notice(folder)
+    assert "has no domain check" in page.model_notice(ModelFolder(folder))
 
 
 def test_the_maintainers_figures_are_shown_only_for_the_weights_they_were_measured_on(tmp_path):
-    assert maintainers_results(DEFAULT_MODEL_DIR) is None  # the previous default's figures are not the shipped weights'
+    assert ModelFolder(DEFAULT_MODEL_DIR).maintainers_results() is None  # the previous default's figures are not the shipped weights'
     (tmp_path / "model.safetensors").write_bytes(b"the weights they measured")
-    (tmp_path / "maintainers_results.json").write_text(json.dumps({**PREVIOUS, "model_sha256": weights_sha256(tmp_path)}))
-    assert maintainers_results(tmp_path)["splits"] == PREVIOUS["splits"]
+    (tmp_path / "maintainers_results.json").write_text(json.dumps({**PREVIOUS, "model_sha256": ModelFolder(tmp_path).weights_sha256()}))
+    assert ModelFolder(tmp_path).maintainers_results()["splits"] == PREVIOUS["splits"]
     (tmp_path / "model.safetensors").write_bytes(b"other weights")
-    assert maintainers_results(tmp_path) is None
+    assert ModelFolder(tmp_path).maintainers_results() is None
 
 
 def test_the_shipped_card_leads_with_how_to_use_then_films_it_never_saw():
@@ -104,7 +105,7 @@ def test_the_readme_results_table_quotes_the_model_folder():
     test_dev = " | ".join(f"{RESULTS[f'test_dev_{key}']:.3f}" for key in ("accuracy", "roc_auc", "recall", "specificity", "ece"))
     assert f"| {test_dev} |" in table
     test_dev_warned = DOMAIN["reported"]["official test split, half A"]["flagged"]
-    assert f"| {100 * test_dev_warned:.1f} % |" in table and weights_sha256(DEFAULT_MODEL_DIR) in table
+    assert f"| {100 * test_dev_warned:.1f} % |" in table and ModelFolder(DEFAULT_MODEL_DIR).weights_sha256() in table
     assert f"{100 * DOMAIN['calibration_flagged']:.1f} % of those {DOMAIN['calibration_films']:,} films" in table
     assert f"{100 * DOMAIN['crossfit_flagged']['mean']:.1f} % in a\npatient-grouped cross-fit" in table
     assert f"{100 * adult_check_share()['flagged']:.1f} % of `adult_check`" in table

@@ -12,10 +12,8 @@ member's domain check with train/fit_domain_check.py first: the card then quotes
 """
 
 import argparse
-import json
 import logging
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,11 +23,11 @@ from accelerate import Accelerator
 
 from pneumo_hf import metrics
 from pneumo_hf.data import DataError, load_evaluation_set
-from pneumo_hf.domain import CONFIG_FILE, WEIGHTS_FILE
 from pneumo_hf.ensemble import member_spec
-from pneumo_hf.hub import SUMMARY_FILE, HubError, push_folder, write_model_card
+from pneumo_hf.evaluation import evaluate, finalize, split_loader, split_seed, validation_split_of
+from pneumo_hf.folder import ARGUMENTS, RESULTS, SUMMARY, ModelFolder
+from pneumo_hf.hub import HubError, push_folder
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
-from pneumo_hf.training import evaluate, score_split, split_loader, split_seed, validation_split_of
 from pneumo_hf.tta import VIEWS
 
 logger = logging.getLogger("ensemble")
@@ -43,10 +41,11 @@ def load_members(folders: list[Path]) -> tuple[list[PneumoniaClassifier], list[d
         member = PneumoniaClassifier.from_pretrained(folder).eval()
         if member.family != "timm" or hasattr(member.backbone, "patch_embed"):
             raise ModelError(f"{folder} is a {member.architecture}; an ensemble takes timm CNN members (its heatmap is Grad-CAM on each).")
-        if not (folder / "training_args.json").is_file():
+        arguments = ModelFolder(folder).read(ARGUMENTS)
+        if arguments is None:
             raise ModelError(f"{folder} has no training_args.json: its validation split is unknown.")
         members.append(member)
-        runs.append(json.loads((folder / "training_args.json").read_text()))
+        runs.append(arguments)
     splits = {(tuple(run.get(key) for key in SPLIT_KEYS), split_seed(run)) for run in runs}
     if len(splits) > 1:
         raise ModelError("The members were validated on different splits (data, validation fraction or split seed differ); train them with one --split_seed.")
@@ -55,7 +54,7 @@ def load_members(folders: list[Path]) -> tuple[list[PneumoniaClassifier], list[d
 
 def origin_of(folder: Path, member: PneumoniaClassifier) -> dict:
     """How a member began, for the card: its architecture, and its checkpoint or packaged weights if any."""
-    summary = json.loads((folder / SUMMARY_FILE).read_text()) if (folder / SUMMARY_FILE).is_file() else {}
+    summary = ModelFolder(folder).read(SUMMARY) or {}
     return {
         "architecture": member.architecture,
         "trained_from_scratch": member.trained_from_scratch,
@@ -129,68 +128,41 @@ def main(argv=None) -> int:
     if half:  # everything below is measured on the weights as stored
         classifier = classifier.fp16_rounded(half)
         logits, labels = evaluate(classifier, validation, Accelerator(), views)
-    classifier.temperature = metrics.fit_temperature(logits, labels)
-    scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
-    classifier.threshold = metrics.choose_threshold(labels, scores, min_sensitivity)
-    found = metrics.classification_metrics(labels, scores, classifier.threshold)
+    test_dev = evaluate(classifier, split_loader(classifier, test_dev_set), Accelerator(), views) if test_dev_set is not None else None
 
-    output = Path(args.output_dir)
+    first = ModelFolder(folders[0])
+    output = ModelFolder(args.output_dir)
+    first.copy_domain_check_to(output)  # the same first layers on the same input: the first member's check
+    member_results = [ModelFolder(folder).read(RESULTS) for folder in folders]
     dtype = "float16" if len(half) == len(members) else "mixed" if half else "float32"
-    storage = {"dtype": dtype, "fp16_max_change": fp16_change, "fp16_members": half}
-    classifier.save_pretrained(output, half=half)
-    for name in ("training_args.json", WEIGHTS_FILE, CONFIG_FILE):  # the validation split and the domain check are the first member's
-        if (folders[0] / name).is_file():
-            shutil.copy(folders[0] / name, output / name)
-    results = {f"validation_{key}": value for key, value in found.items()}
-    test_dev = None
-    if test_dev_set is not None:
-        saved = PneumoniaClassifier.from_pretrained(output).eval()
-        test_scores, test_labels = score_split(saved, split_loader(saved, test_dev_set))
-        test_dev = metrics.classification_metrics(test_labels, test_scores, saved.threshold)
-        metrics.plot_split(test_labels, test_scores, saved.threshold, output, "test_dev", "Official test split, half A")
-        results = {**{f"test_dev_{key}": value for key, value in test_dev.items()}, **results}
-    member_results = [json.loads((folder / "all_results.json").read_text()) for folder in folders]
-    results.update(
-        temperature=classifier.temperature,
-        members=[str(folder) for folder in folders],
-        epochs_run=max(result["epochs_run"] for result in member_results),
-        train_images=member_results[0]["train_images"],
-        train_seconds=sum(result["train_seconds"] for result in member_results),
-        trained_from_scratch=classifier.trained_from_scratch,
-        weights_dtype=storage["dtype"],
+    results = {
+        "members": [str(folder) for folder in folders],
+        "epochs_run": max(result["epochs_run"] for result in member_results),
+        "train_images": member_results[0]["train_images"],
+        "train_seconds": sum(result["train_seconds"] for result in member_results),
         **({"fp16_members": half, "fp16_max_probability_change": fp16_change} if args.save_fp16 else {}),
-    )
-    (output / "all_results.json").write_text(json.dumps(results, indent=2))
-    metrics.plot_split(labels, scores, classifier.threshold, output, "validation", "Validation split")
+    }
     summary = {
-        "model_id": args.hub_model_id,
-        "family": "timm",
         "architecture": f"pneumo_ensemble({', '.join(member.architecture for member in members)})",
-        "trained_from_scratch": classifier.trained_from_scratch,
         "members": [origin_of(folder, member) for folder, member in zip(folders, members, strict=True)],
-        "threshold_rule": f"the most specific threshold that keeps validation sensitivity ≥ {min_sensitivity}",
-        "temperature": classifier.temperature,
-        "test_time_views": views,
-        "storage": storage,
-        "input_size": list(classifier.data_config["input_size"]),
-        "mean": list(classifier.data_config["mean"]),
-        "std": list(classifier.data_config["std"]),
         "loss": "each member's own: " + ", ".join(f"{run['loss']} ({folder})" for run, folder in zip(runs, args.members, strict=True)),
         "class_weights": "per member",
         "epochs_run": " + ".join(str(result["epochs_run"]) for result in member_results),
         "train_images": results["train_images"],
         "train_seconds": results["train_seconds"],
         "command": "".join(  # each member again from its own arguments file, then the ensemble
-            f"# {name}: {member.architecture}, {result['epochs_run']} epochs\npython train/train.py {shlex.quote(str(folder / 'training_args.json'))}\n"
+            f"# {name}: {member.architecture}, {result['epochs_run']} epochs\npython train/train.py {shlex.quote(str(ModelFolder(folder).file(ARGUMENTS)))}\n"
             for name, folder, member, result in zip(args.members, folders, members, member_results, strict=True)
         ) + "python train/ensemble.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }
-    (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    write_model_card(output, args.hub_model_id)
-    print(f"wrote {output}: validation ROC-AUC {found['roc_auc']:.4f}, threshold {classifier.threshold:.4f}" + (f"; test_dev ROC-AUC {test_dev['roc_auc']:.4f}, accuracy {test_dev['accuracy']:.4f}" if test_dev else ""))
+    found = finalize(
+        classifier, output.path, (logits, labels), min_sensitivity, test_dev=test_dev, half=half, storage={"dtype": dtype, "fp16_max_change": fp16_change, "fp16_members": half},
+        results=results, summary=summary, arguments=first.read(ARGUMENTS), model_id=args.hub_model_id,
+    )
+    print(f"wrote {output.path}: validation ROC-AUC {found['validation_roc_auc']:.4f}, threshold {classifier.threshold:.4f}" + (f"; test_dev ROC-AUC {found['test_dev_roc_auc']:.4f}, accuracy {found['test_dev_accuracy']:.4f}" if test_dev else ""))
     if args.push_to_hub:
         try:
-            push_folder(output, args.hub_model_id)  # token from HF_TOKEN or the login cache
+            push_folder(output.path, args.hub_model_id)  # token from HF_TOKEN or the login cache
         except HubError as error:
             logger.error("%s", error)
             return 1

@@ -14,7 +14,6 @@ the ensemble takes that member's check, shares and all, into its card.
 """
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -26,11 +25,12 @@ from PIL import Image, ImageDraw, ImageOps
 
 from pneumo_hf.data import patient_halves, patient_id
 from pneumo_hf.domain import SHRINKAGE, crossfit_flagged, fit_domain_check
+from pneumo_hf.evaluation import run_splits
+from pneumo_hf.folder import ARGUMENTS, ModelFolder
 from pneumo_hf.hub import readable_split
 from pneumo_hf.imaging import IMAGE_SUFFIXES, ImageError, load_image
 from pneumo_hf.labels import LABEL2ID
 from pneumo_hf.models import PneumoniaClassifier, resolve_model_folder
-from pneumo_hf.training import run_splits
 from pneumo_hf.transforms import build_transform
 
 logger = logging.getLogger("fit_domain_check")
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     folder = resolve_model_folder(args.model)
     classifier = PneumoniaClassifier.from_pretrained(folder).eval()
     transform = build_transform(classifier.data_config)
-    train_split, validation_split = run_splits(json.loads((folder / "training_args.json").read_text()))
+    train_split, validation_split = run_splits(ModelFolder(folder).read(ARGUMENTS))
     picked = np.random.default_rng(args.seed).permutation(len(train_split))[: args.max_train_films]
     train_films = [row["image"]["bytes"] or row["image"]["path"] for row in train_split.select(sorted(picked))]
     validation_films = [row["image"]["bytes"] or row["image"]["path"] for row in validation_split]

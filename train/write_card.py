@@ -8,7 +8,6 @@ rebuilt from training_args.json. The figures go to all_results.json, the plots b
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,9 +16,10 @@ from typing import Optional
 
 from pneumo_hf import metrics
 from pneumo_hf.data import DataError, load_evaluation_set
-from pneumo_hf.hub import SUMMARY_FILE, write_model_card
+from pneumo_hf.evaluation import score_split, split_loader, validation_split_of
+from pneumo_hf.folder import RESULTS, SUMMARY, ModelFolder
+from pneumo_hf.hub import write_model_card
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
-from pneumo_hf.training import score_split, split_loader, validation_split_of
 
 logger = logging.getLogger("write_card")
 
@@ -40,21 +40,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--hub_model_id", help="ORG/NAME for the card; default: the one recorded in training_summary.json.")
     args = parser.parse_args(argv)
     try:
-        folder = resolve_model_folder(args.model)
-        if not (folder / SUMMARY_FILE).is_file():
-            raise ModelError(f"{folder} has no {SUMMARY_FILE}: retrain it with train/train.py (or rebuild it with train/ensemble.py), which write one.")
-        classifier = PneumoniaClassifier.from_pretrained(folder).eval()
-        results = json.loads((folder / "all_results.json").read_text())
+        folder = ModelFolder(resolve_model_folder(args.model))
+        if folder.read(SUMMARY) is None:
+            raise ModelError(f"{folder.path} has no training_summary.json: retrain it with train/train.py (or rebuild it with train/ensemble.py), which write one.")
+        classifier = PneumoniaClassifier.from_pretrained(folder.path).eval()
+        results = folder.read(RESULTS)
         if args.test_dev_dir:
-            results.update(score_and_plot(classifier, load_evaluation_set(data_dir=args.test_dev_dir), folder, "test_dev", "Official test split, half A"))
+            results.update(score_and_plot(classifier, load_evaluation_set(data_dir=args.test_dev_dir), folder.path, "test_dev", "Official test split, half A"))
         if args.validation:
-            results.update(score_and_plot(classifier, validation_split_of(folder), folder, "validation", "Validation split"))
+            results.update(score_and_plot(classifier, validation_split_of(folder.path), folder.path, "validation", "Validation split"))
     except (ModelError, DataError) as error:
         logger.error("%s", error)
         return 1
-    (folder / "all_results.json").write_text(json.dumps(results, indent=2))
-    write_model_card(folder, args.hub_model_id)
-    print(f"wrote {folder / 'README.md'}")
+    folder.write(RESULTS, results)
+    write_model_card(folder.path, args.hub_model_id)
+    print(f"wrote the card of {folder.path}")
     return 0
 
 

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from pneumo_hf.calibration import calibrate_folder
-from pneumo_hf.data import DataError
-from pneumo_hf.models import ModelError
+from pneumo_hf.errors import UserError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -25,7 +24,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
         report = calibrate_folder(args.model, args.data_dir, args.min_sensitivity, args.output_dir, args.repeats)
-    except (ValueError, DataError, ModelError) as error:
+    except UserError as error:
         logging.getLogger("calibrate").error("%s", error)
         return 1
     print(f"{report['films']} films of {report['data']}; sensitivity ≥ {args.min_sensitivity}")

@@ -16,9 +16,10 @@ from accelerate import Accelerator
 
 from pneumo_hf import metrics
 from pneumo_hf.commands import as_flags
-from pneumo_hf.data import DataError, load_evaluation_set
-from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
-from pneumo_hf.training import score_split, split_loader, validation_split_of
+from pneumo_hf.data import load_evaluation_set
+from pneumo_hf.errors import UserError
+from pneumo_hf.evaluation import score_split, split_loader, validation_split_of
+from pneumo_hf.models import PneumoniaClassifier, resolve_model_folder
 from pneumo_hf.tta import VIEWS
 
 logger = logging.getLogger("evaluate")
@@ -74,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         results = run(args)
-    except (DataError, ModelError) as error:
+    except UserError as error:
         logger.error("%s", as_flags(str(error)))
         return 1
     print_table(results)

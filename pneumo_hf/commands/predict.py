@@ -33,7 +33,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--store_to", default=None, help="HOST:PORT of a PACS to C-STORE what --dicom_out wrote into; a rerun sends only what was not stored.")
     parser.add_argument("--calling_ae", default="PNEUMOHF", help="Our AE title for --store_to (default PNEUMOHF).")
     parser.add_argument("--called_ae", default="ANY-SCP", help="The PACS's AE title for --store_to (default ANY-SCP).")
-    parser.add_argument("--bf16", action="store_true", help="Compute in bfloat16 (autocast): faster on CPUs with AVX512-BF16 and on GPUs; probabilities move slightly (README).")
+    parser.add_argument("--bf16", action="store_true", help="Compute in bfloat16 (autocast): faster on CPUs with AVX512-BF16 and on GPUs; probabilities move slightly (docs/speed.md).")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.num_workers < 0:
         parser.error("--batch_size must be at least 1 and --num_workers at least 0")

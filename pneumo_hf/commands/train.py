@@ -16,9 +16,7 @@ from typing import Optional
 from transformers import HfArgumentParser
 
 from pneumo_hf.commands import as_flags
-from pneumo_hf.data import DataError
-from pneumo_hf.hub import HubError
-from pneumo_hf.models import ModelError
+from pneumo_hf.errors import UserError
 from pneumo_hf.training import TrainingArguments, train
 
 
@@ -29,14 +27,19 @@ def main(argv: Optional[Sequence[str]] = None, program: Optional[str] = None) ->
     for chatty in ("accelerate", "timm"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     parser = HfArgumentParser(TrainingArguments, prog=program or "train/train.py")
-    try:
+    logger = logging.getLogger("train")
+    try:  # HfArgumentParser says what is wrong with a JSON file of flags by ValueError
         if len(argv) == 1 and argv[0].endswith(".json"):
             (args,) = parser.parse_json_file(argv[0])
         else:
             (args,) = parser.parse_args_into_dataclasses(args=argv)
-        launcher = "accelerate launch" if "ACCELERATE_USE_CPU" in os.environ or "LOCAL_RANK" in os.environ else "python"
+    except (ValueError, OSError) as error:
+        logger.error("%s", as_flags(str(error)))
+        return 1
+    launcher = "accelerate launch" if "ACCELERATE_USE_CPU" in os.environ or "LOCAL_RANK" in os.environ else "python"
+    try:  # the user's errors (a bad folder, model name or Hub push) in one line; a bug keeps its traceback
         train(args, command=f"{launcher} {program or 'train/train.py'} " + shlex.join(argv))
-    except (ValueError, DataError, ModelError, HubError) as error:
-        logging.getLogger("train").error("%s", as_flags(str(error)))
+    except UserError as error:
+        logger.error("%s", as_flags(str(error)))
         return 1
     return 0

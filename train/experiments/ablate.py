@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from pneumo_hf.commands import evaluate
+from pneumo_hf.folder import CHECKPOINTS, RESULTS, ModelFolder
 from pneumo_hf.metrics import mean_and_spread
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
@@ -29,7 +30,7 @@ def run(flags: dict, train_dir: str, output: Path) -> None:
     """One train/train.py run into `output`, its flags as a JSON arguments file (lists stay lists), resuming it
     when it has a checkpoint."""
     arguments = {"train_dir": train_dir, "output_dir": str(output), **flags}
-    if any((output / "checkpoints").glob("checkpoint_*")):
+    if any(ModelFolder(output).file(CHECKPOINTS).glob("checkpoint_*")):
         arguments["resume_from_checkpoint"] = "latest"
     output.mkdir(parents=True, exist_ok=True)
     (output / "run_arguments.json").write_text(json.dumps(arguments, indent=2))
@@ -52,10 +53,12 @@ def table(spec: dict, output_dir: Path, test_dev_dir: Optional[str] = None) -> s
     lines = ["| Variant | Seeds | " + " | ".join(headers) + " |", "| --- " * (len(headers) + 2) + "|"]
     for variant in spec["variants"]:
         found = []
-        for results_file in sorted((output_dir / variant).glob("seed_*/all_results.json")):
-            results = json.loads(results_file.read_text())
+        for run_folder in sorted((output_dir / variant).glob("seed_*")):
+            results = ModelFolder(run_folder).read(RESULTS)
+            if results is None:
+                continue
             if test_dev_dir:
-                results.update(test_dev_results(results_file.parent, test_dev_dir))
+                results.update(test_dev_results(run_folder, test_dev_dir))
             found.append(results)
         cells = [mean_and_spread([result[f"{split}_{column}"] for result in found]) for split in splits for column in COLUMNS]
         lines.append(f"| {variant} | {len(found)} | " + " | ".join(cells) + " |")
@@ -76,7 +79,7 @@ def main() -> int:
         for seed in spec["seeds"]:
             for variant, changes in spec["variants"].items():
                 output = output_dir / variant / f"seed_{seed}"
-                if (output / "all_results.json").is_file():
+                if ModelFolder(output).read(RESULTS) is not None:
                     continue
                 print(f"training {variant} seed {seed} → {output}", flush=True)
                 try:

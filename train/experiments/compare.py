@@ -7,15 +7,15 @@ share one. test_dev figures are measured as `pneumo-hf evaluate` measures them (
 """
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 from pneumo_hf import load_predictor, metrics
 from pneumo_hf.data import load_evaluation_set
+from pneumo_hf.evaluation import score_split, split_loader, split_seed
+from pneumo_hf.folder import ARGUMENTS, RESULTS, SUMMARY, WEIGHTS, ModelFolder
 from pneumo_hf.metrics import mean_and_spread
-from pneumo_hf.training import score_split, split_loader, split_seed
 
 FIGURES = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "recall": "sensitivity", "specificity": "specificity", "ece": "ECE"}
 
@@ -46,10 +46,11 @@ def test_dev_figures(predictor, test_dev_dir: str) -> dict:
 
 
 def row(folder: Path, name: str, predictor, results: dict, image: str, repeats: int, splits: list[str]) -> str:
-    args = json.loads((folder / "training_args.json").read_text())
+    model_folder = ModelFolder(folder)
+    args = model_folder.read(ARGUMENTS)
     params = sum(p.numel() for p in predictor.classifier.parameters()) / 1e6
-    size = (folder / "model.safetensors").stat().st_size / 2**20
-    command = (folder / "README.md").read_text().split("```\n")[-2].strip() if (folder / "README.md").is_file() else ""
+    size = model_folder.file(WEIGHTS).stat().st_size / 2**20
+    command = (model_folder.read(SUMMARY) or {}).get("command", "").strip()
     return (
         f"| {name} | {args['seed']} | {split_seed(args)} | " + " | ".join(f"{results[f'{split}_{k}']:.3f}" for split in splits for k in FIGURES)
         + f" | {results['validation_threshold']:.3f} | {params:.1f} M | {size:.1f} MB | {latency_ms(predictor, image, repeats):.0f} ms"
@@ -85,7 +86,7 @@ def main() -> None:
     print("| --- " * len(columns) + "|")
     named_results = []
     for folder in args.folders:
-        predictor, results = load_predictor(folder), json.loads((folder / "all_results.json").read_text())
+        predictor, results = load_predictor(folder), ModelFolder(folder).read(RESULTS)
         if args.test_dev_dir:
             results.update(test_dev_figures(predictor, args.test_dev_dir))
         name = model_name(predictor)

@@ -15,8 +15,8 @@ import numpy as np
 from pneumo_hf import metrics
 from pneumo_hf.commands import as_flags
 from pneumo_hf.data import DataError
+from pneumo_hf.evaluation import score_split, split_loader, validation_split_of
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
-from pneumo_hf.training import score_split, split_loader, validation_split_of
 
 logger = logging.getLogger("occlusion")
 

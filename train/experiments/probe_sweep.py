@@ -20,10 +20,10 @@ import torch
 
 from pneumo_hf import metrics
 from pneumo_hf.data import load_evaluation_set, load_splits
+from pneumo_hf.evaluation import score_split, split_loader
 from pneumo_hf.film_cache import cached_films
 from pneumo_hf.linear_probe import fit_linear_head, pooled_features
 from pneumo_hf.models import PneumoniaClassifier, build_classifier
-from pneumo_hf.training import score_split, split_loader
 
 
 def model_logits(folder: str, dataset) -> np.ndarray:

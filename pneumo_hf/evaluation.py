@@ -1,0 +1,161 @@
+"""Scoring a classifier on a split, replaying a run's split, fitting temperature and threshold, and `finalize()`: the one
+way a trained classifier becomes a complete model folder (used by training and by ensembles). Nothing here imports the
+training loop: `pneumo-hf evaluate`, `calibrate`, the card and the experiments read only this.
+
+    from pneumo_hf.evaluation import score_split, split_loader, validation_split_of
+    scores, labels = score_split(classifier, split_loader(classifier, validation_split_of("runs/b0")))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from . import metrics
+from .data import DataError, collate, load_splits, skipping_unreadable
+from .folder import ARGUMENTS, RESULTS, SUMMARY, ModelFolder
+from .hub import write_model_card
+from .models import PneumoniaClassifier
+from .transforms import build_transform
+from .tta import logits_with_views
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["evaluate", "finalize", "fit_calibration", "run_splits", "score_split", "split_loader", "split_seed", "threshold_rule", "validation_split_of"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, views: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (averaged over test-time `views`, see `pneumo_hf.tta`) and labels of every image once,
+    across all processes (`gather_for_metrics`)."""
+    model.eval()
+    all_logits, all_labels, skipped = [], [], 0
+    for batch in loader:
+        skipped += int(batch["n_skipped"])
+        logits = logits_with_views(model, batch["pixel_values"], views)
+        logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
+        all_logits.append(logits.cpu().numpy())
+        all_labels.append(labels.cpu().numpy())
+    if skipped:
+        logger.warning("%d unreadable evaluation images skipped.", skipped)
+    return np.concatenate(all_logits), np.concatenate(all_labels)
+
+
+def score_split(classifier: PneumoniaClassifier, batches, accelerator: Optional[Accelerator] = None, views: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated PNEUMONIA probabilities and labels of a split, as `load_predictor()` scores each film: the model's
+    stored test-time views (unless `views` are given) and temperature. `batches`: a `split_loader`, or any iterable of
+    such batches (train/experiments/occlusion.py greys them first). The one scoring used by `pneumo-hf evaluate`,
+    train/write_card.py and the experiments."""
+    views = classifier.test_time_views if views is None else views
+    logits, labels = evaluate(classifier, batches, accelerator or Accelerator(), views)
+    return metrics.probabilities(logits, classifier.temperature)[:, 1], labels
+
+
+def split_loader(classifier: PneumoniaClassifier, dataset: datasets.Dataset, batch_size: int = 64, **loader_kwargs):
+    """A loader of `dataset` through the model's own preprocessing, for `evaluate` and `score_split`."""
+    return torch.utils.data.DataLoader(skipping_unreadable(dataset, build_transform(classifier.data_config)), batch_size=batch_size, collate_fn=collate, **loader_kwargs)
+
+
+def split_seed(run: dict[str, Any]) -> int:
+    """The seed that drew a run's validation split: --split_seed, else --seed (its training_args.json as a dict)."""
+    return run["seed"] if run.get("split_seed") is None else run["split_seed"]
+
+
+def run_splits(run: dict[str, Any]) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The (train, validation) splits of a run, from its arguments as a dict (its training_args.json)."""
+    return load_splits(run["dataset_name"], run["train_dir"], run["validation_dir"], run["validation_fraction"], split_seed(run), run["max_train_samples"])
+
+
+def validation_split_of(folder: Union[str, Path]) -> datasets.Dataset:
+    """The validation split of the run that wrote model folder `folder`, rebuilt from its training_args.json."""
+    arguments = ModelFolder(folder).read(ARGUMENTS)
+    if arguments is None:
+        raise DataError(f"{folder} has no training_args.json to rebuild its validation split from; pass `data_dir` or `dataset_name`.")
+    return run_splits(arguments)[1]
+
+
+def fit_calibration(logits: np.ndarray, labels: np.ndarray, min_sensitivity: float) -> tuple[float, float]:
+    """Temperature by likelihood, then the most specific threshold keeping `min_sensitivity`, on these films."""
+    temperature = metrics.fit_temperature(logits, labels)
+    threshold = metrics.choose_threshold(labels, metrics.probabilities(logits, temperature)[:, 1], min_sensitivity)
+    return temperature, threshold
+
+
+def threshold_rule(min_sensitivity: float) -> str:
+    return f"the most specific threshold that keeps validation sensitivity ≥ {min_sensitivity}"
+
+
+def finalize(
+    classifier: PneumoniaClassifier,
+    output_dir: Union[str, Path],
+    validation: tuple[np.ndarray, np.ndarray],
+    min_sensitivity: float,
+    *,
+    calibration: Optional[tuple[float, float]] = None,
+    test_dev: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    half: Union[bool, Sequence[str]] = False,
+    storage: Optional[dict[str, Any]] = None,
+    results: Optional[dict[str, Any]] = None,
+    summary: Optional[dict[str, Any]] = None,
+    arguments: Optional[dict[str, Any]] = None,
+    model_id: Optional[str] = None,
+) -> dict[str, Any]:
+    """Write the complete model folder of a trained classifier: config.json + weights (fp16 where `half` says), the
+    validation and test_dev figures and plots, all_results.json, training_args.json, training_summary.json and the card.
+
+    `validation` and `test_dev` are the (logits, labels) of the weights as stored, with the classifier's test-time views.
+    Temperature and threshold are fitted on `validation` unless `calibration` gives them (training fits them on fp32
+    logits before choosing fp16). `results` and `summary` add what only the caller knows (epochs, command, members);
+    `storage` is {"dtype", "fp16_max_change", ...}. A domain check goes into the folder first: the card quotes it.
+    Returns all_results."""
+    folder = ModelFolder(output_dir)
+    logits, labels = validation
+    classifier.temperature, classifier.threshold = calibration or fit_calibration(logits, labels, min_sensitivity)
+    storage = storage or {"dtype": "float32", "fp16_max_change": None}
+    scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
+    found = metrics.classification_metrics(labels, scores, classifier.threshold)
+    classifier.save_pretrained(folder.path, half=half)
+    figures = {}
+    if test_dev is not None:
+        test_scores = metrics.probabilities(test_dev[0], classifier.temperature)[:, 1]
+        test_dev_found = metrics.classification_metrics(test_dev[1], test_scores, classifier.threshold)
+        logger.info("test_dev: ROC-AUC %.4f, accuracy %.4f, sensitivity %.4f, specificity %.4f (%d films).", test_dev_found["roc_auc"], test_dev_found["accuracy"], test_dev_found["recall"], test_dev_found["specificity"], test_dev_found["n"])
+        metrics.plot_split(test_dev[1], test_scores, classifier.threshold, folder.path, "test_dev", "Official test split, half A")
+        figures = {f"test_dev_{key}": value for key, value in test_dev_found.items()}
+    metrics.plot_split(labels, scores, classifier.threshold, folder.path, "validation", "Validation split")
+    all_results = {
+        **figures,
+        **{f"validation_{key}": value for key, value in found.items()},
+        "temperature": classifier.temperature,
+        "trained_from_scratch": classifier.trained_from_scratch,
+        "weights_dtype": storage["dtype"],
+        **(results or {}),
+    }
+    folder.write(RESULTS, all_results)
+    if arguments is not None:
+        folder.write(ARGUMENTS, arguments)
+    folder.write(SUMMARY, {
+        "model_id": model_id,
+        "family": classifier.family,
+        "architecture": classifier.architecture,
+        "trained_from_scratch": classifier.trained_from_scratch,
+        "threshold_rule": threshold_rule(min_sensitivity),
+        "temperature": classifier.temperature,
+        "test_time_views": list(classifier.test_time_views),
+        "storage": storage,
+        "input_size": list(classifier.data_config["input_size"]),
+        "mean": list(classifier.data_config["mean"]),
+        "std": list(classifier.data_config["std"]),
+        **(summary or {}),
+    })
+    write_model_card(folder.path, model_id)
+    logger.info("Model folder written to %s (validation ROC-AUC %.4f, threshold %.4f).", folder.path, found["roc_auc"], classifier.threshold)
+    return all_results
