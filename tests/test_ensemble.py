@@ -147,3 +147,25 @@ def test_save_fp16_stores_the_members_within_the_tolerance(tmp_path, trained_fol
     assert results["weights_dtype"] == "float16" and results["fp16_members"] == ["members.0", "members.1"]
     assert {tensor.dtype for tensor in load_file(output / "model.safetensors").values() if tensor.is_floating_point()} == {torch.float16}
     assert "fp16" in (output / "README.md").read_text()
+
+
+def test_a_member_taken_out_of_an_ensemble_folder_predicts_as_it_did_inside(tmp_path, trained_folder, second_member, image_folder):
+    """FOLDER#members.1: one member of an ensemble folder, with the weights, input and temperature the ensemble held,
+    joins a new ensemble; its first member's domain check and origin come along."""
+    pair, nested = tmp_path / "pair", tmp_path / "nested"
+    assert run_ensemble(str(trained_folder), str(second_member), "--output_dir", str(pair)).returncode == 0
+    result = run_ensemble(f"{pair}#members.0", f"{pair}#members.1", str(trained_folder), "--output_dir", str(nested), "--save_fp16", "--fp16_tolerance", "1.0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    taken, inside = load_predictor(nested).classifier.backbone, load_predictor(pair).classifier.backbone
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for index in (0, 1):  # fp16 rounding only: the members were fp32
+            ours, theirs = taken.member_inputs(pixel_values)[index], inside.member_inputs(pixel_values)[index]
+            assert torch.allclose(taken.members[index](ours), inside.members[index](theirs), atol=1e-2)
+    assert [spec["temperature"] for spec in taken.specs[:2]] == [spec["temperature"] for spec in inside.specs]
+    summary = json.loads((nested / "training_summary.json").read_text())
+    assert [member["architecture"] for member in summary["members"]] == ["resnet18", "keras_cnn", "resnet18"]
+    assert f"taken from the ensemble {pair}" in summary["command"] and (nested / "domain_check.json").read_text() == (pair / "domain_check.json").read_text()
+    for reference, message in ((f"{pair}#members.5", "has no such member"), (f"{pair}#head", "FOLDER#members.I"), (f"{trained_folder}#members.0", "has no such member")):
+        refused = run_ensemble(reference, str(trained_folder), "--output_dir", str(tmp_path / "refused"))
+        assert refused.returncode == 1 and message in refused.stderr and "Traceback" not in refused.stderr, refused.stderr[-500:]

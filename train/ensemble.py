@@ -3,7 +3,10 @@
     python train/ensemble.py runs/b0 runs/keras_cnn --output_dir runs/ensemble \
         --test_dev_dir ../shared/data/chest_xray_224/test_dev [--hub_model_id ORG/NAME --push_to_hub]
 
-The members must be timm CNNs validated on one split (same data, same split seed). The ensemble's temperature
+    python train/ensemble.py "runs/ensemble#members.0" runs/r18 --output_dir runs/other   # one member of an ensemble folder
+
+The members must be timm CNNs validated on one split (same data, same split seed); `FOLDER#members.I` (nested:
+`FOLDER#members.1.members.0`) takes one member of an ensemble folder as it is there. The ensemble's temperature
 and threshold are fitted on that validation split, with the first member's test-time views (or
 --test_time_views), as train/train.py fits them; its domain check is the first member's (the same first
 convolution on the same input). Writes config.json + model.safetensors, all_results.json (validation_*, and
@@ -12,7 +15,9 @@ member's domain check with train/fit_domain_check.py first: the card then quotes
 """
 
 import argparse
+import copy
 import logging
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -23,7 +28,7 @@ from accelerate import Accelerator
 
 from pneumo_hf import metrics
 from pneumo_hf.data import DataError, load_evaluation_set
-from pneumo_hf.ensemble import member_spec
+from pneumo_hf.ensemble import Ensemble, member_spec
 from pneumo_hf.evaluation import evaluate, finalize, split_loader, split_seed, validation_split_of
 from pneumo_hf.folder import ARGUMENTS, RESULTS, SUMMARY, ModelFolder
 from pneumo_hf.hub import HubError, push_folder
@@ -34,22 +39,50 @@ logger = logging.getLogger("ensemble")
 SPLIT_KEYS = ("dataset_name", "train_dir", "validation_dir", "validation_fraction", "max_train_samples")
 
 
-def load_members(folders: list[Path]) -> tuple[list[PneumoniaClassifier], list[dict]]:
-    """The members and their training arguments; refuses transformers or ViT members and different validation splits."""
-    members, runs = [], []
-    for folder in folders:
-        member = PneumoniaClassifier.from_pretrained(folder).eval()
+def take(reference: str) -> tuple[PneumoniaClassifier, ModelFolder, dict]:
+    """One member named on the command line: a model folder or Hub id, or `FOLDER#members.I` (nested:
+    `FOLDER#members.1.members.0`), one member of an ensemble folder as that folder holds it (weights, input size,
+    normalisation, temperature). Returns the member, the folder it comes from, and how it began (for the card)."""
+    name, _, path = reference.partition("#")
+    folder = resolve_model_folder(name)
+    classifier = PneumoniaClassifier.from_pretrained(folder).eval()
+    if not path:
+        return classifier, ModelFolder(folder), origin_of(folder, classifier)
+    if not re.fullmatch(r"members\.\d+(\.members\.\d+)*", path):
+        raise ModelError(f"{reference}: name a member of an ensemble folder as FOLDER#members.I (nested: FOLDER#members.1.members.0).")
+    backbone, spec, origins = classifier.backbone, None, (ModelFolder(folder).read(SUMMARY) or {}).get("members") or []
+    indices = [int(index) for index in re.findall(r"\d+", path)]
+    for index in indices:
+        if not isinstance(backbone, Ensemble) or index >= len(backbone.members):
+            raise ModelError(f"{reference}: {folder} has no such member; an ensemble's members are members.0, members.1, ...")
+        spec, backbone = backbone.specs[index], backbone.members[index]
+    top = origins[indices[0]] if indices[0] < len(origins) else {"trained_from_scratch": classifier.trained_from_scratch}
+    architecture = backbone.pretrained_cfg["architecture"]
+    origin = {**top, "architecture": architecture} if len(indices) == 1 else {"architecture": architecture, "trained_from_scratch": top["trained_from_scratch"], "base_model": None, "weights_source": None, "linear_probe_c": None}
+    data_config = {"input_size": tuple(spec["input_size"]), "mean": tuple(spec["mean"]), "std": tuple(spec["std"]), "interpolation": backbone.pretrained_cfg.get("interpolation", "bilinear")}
+    member = PneumoniaClassifier(copy.deepcopy(backbone), "timm", data_config, temperature=spec["temperature"], trained_from_scratch=origin["trained_from_scratch"], weights_source=origin.get("weights_source"))
+    return member, ModelFolder(folder), origin
+
+
+def load_members(references: list[str]) -> tuple[list[PneumoniaClassifier], list[dict], list[ModelFolder], list[dict]]:
+    """The members, their training arguments, the folders they come from and their origins; refuses transformers or ViT
+    members and different validation splits."""
+    members, runs, sources, origins = [], [], [], []
+    for reference in references:
+        member, source, origin = take(reference)
         if member.family != "timm" or hasattr(member.backbone, "patch_embed"):
-            raise ModelError(f"{folder} is a {member.architecture}; an ensemble takes timm CNN members (its heatmap is Grad-CAM on each).")
-        arguments = ModelFolder(folder).read(ARGUMENTS)
+            raise ModelError(f"{reference} is a {member.architecture}; an ensemble takes timm CNN members (its heatmap is Grad-CAM on each).")
+        arguments = source.read(ARGUMENTS)
         if arguments is None:
-            raise ModelError(f"{folder} has no training_args.json: its validation split is unknown.")
+            raise ModelError(f"{source.path} has no training_args.json: its validation split is unknown.")
         members.append(member)
         runs.append(arguments)
+        sources.append(source)
+        origins.append(origin)
     splits = {(tuple(run.get(key) for key in SPLIT_KEYS), split_seed(run)) for run in runs}
     if len(splits) > 1:
         raise ModelError("The members were validated on different splits (data, validation fraction or split seed differ); train them with one --split_seed.")
-    return members, runs
+    return members, runs, sources, origins
 
 
 def origin_of(folder: Path, member: PneumoniaClassifier) -> dict:
@@ -100,7 +133,7 @@ def fp16_members(classifier: PneumoniaClassifier, validation, views: list[str], 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("members", nargs="+", help="Model folders (or Hub ids) written by train/train.py.")
+    parser.add_argument("members", nargs="+", help="Model folders (or Hub ids) written by train/train.py; FOLDER#members.I takes one member of an ensemble folder.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--test_time_views", nargs="*", choices=sorted(VIEWS), help="Default: the first member's.")
     parser.add_argument("--min_sensitivity", type=float, help="Threshold rule on validation; default: the first member's.")
@@ -113,8 +146,7 @@ def main(argv=None) -> int:
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id ORG/NAME.")
     try:
-        folders = [resolve_model_folder(member) for member in args.members]
-        members, runs = load_members(folders)
+        members, runs, sources, origins = load_members(args.members)
         test_dev_set = load_evaluation_set(data_dir=args.test_dev_dir) if args.test_dev_dir else None
     except (ModelError, DataError) as error:
         logger.error("%s", error)
@@ -122,7 +154,7 @@ def main(argv=None) -> int:
     views = list(members[0].test_time_views) if args.test_time_views is None else args.test_time_views
     min_sensitivity = args.min_sensitivity or runs[0].get("min_sensitivity", 0.95)
     classifier = build(members, views)
-    validation = split_loader(classifier, validation_split_of(folders[0]))
+    validation = split_loader(classifier, validation_split_of(sources[0].path))
     logits, labels = evaluate(classifier, validation, Accelerator(), views)
     half, fp16_change = fp16_members(classifier, validation, views, logits, labels, args.fp16_tolerance) if args.save_fp16 else ([], None)
     if half:  # everything below is measured on the weights as stored
@@ -130,29 +162,30 @@ def main(argv=None) -> int:
         logits, labels = evaluate(classifier, validation, Accelerator(), views)
     test_dev = evaluate(classifier, split_loader(classifier, test_dev_set), Accelerator(), views) if test_dev_set is not None else None
 
-    first = ModelFolder(folders[0])
+    first = sources[0]
     output = ModelFolder(args.output_dir)
     first.copy_domain_check_to(output)  # the same first layers on the same input: the first member's check
-    member_results = [ModelFolder(folder).read(RESULTS) for folder in folders]
+    member_results = [source.read(RESULTS) for source in sources]  # a member taken from an ensemble: that ensemble's
     dtype = "float16" if len(half) == len(members) else "mixed" if half else "float32"
     results = {
-        "members": [str(folder) for folder in folders],
+        "members": list(args.members),
         "epochs_run": max(result["epochs_run"] for result in member_results),
         "train_images": member_results[0]["train_images"],
-        "train_seconds": sum(result["train_seconds"] for result in member_results),
+        "train_seconds": sum({str(source.path): result["train_seconds"] for source, result in zip(sources, member_results, strict=True)}.values()),
         **({"fp16_members": half, "fp16_max_probability_change": fp16_change} if args.save_fp16 else {}),
     }
     summary = {
         "architecture": f"pneumo_ensemble({', '.join(member.architecture for member in members)})",
-        "members": [origin_of(folder, member) for folder, member in zip(folders, members, strict=True)],
+        "members": origins,
         "loss": "each member's own: " + ", ".join(f"{run['loss']} ({folder})" for run, folder in zip(runs, args.members, strict=True)),
         "class_weights": "per member",
         "epochs_run": " + ".join(str(result["epochs_run"]) for result in member_results),
         "train_images": results["train_images"],
         "train_seconds": results["train_seconds"],
-        "command": "".join(  # each member again from its own arguments file, then the ensemble
-            f"# {name}: {member.architecture}, {result['epochs_run']} epochs\npython train/train.py {shlex.quote(str(ModelFolder(folder).file(ARGUMENTS)))}\n"
-            for name, folder, member, result in zip(args.members, folders, members, member_results, strict=True)
+        "command": "".join(  # each member again from its own arguments file (or the ensemble it was taken from), then the ensemble
+            f"# {name}: {member.architecture}, taken from the ensemble {source.path} (its card says how it was trained)\n" if "#" in name
+            else f"# {name}: {member.architecture}, {result['epochs_run']} epochs\npython train/train.py {shlex.quote(str(source.file(ARGUMENTS)))}\n"
+            for name, source, member, result in zip(args.members, sources, members, member_results, strict=True)
         ) + "python train/ensemble.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }
     found = finalize(
