@@ -170,8 +170,7 @@ def _hub_id(base_model: Optional[str]) -> Optional[str]:
 def _start(summary: dict[str, Any]) -> str:
     """How the weights began, for the card's first paragraph (an ensemble's: each member's)."""
     if summary.get("members"):
-        described = [f"`{member['architecture']}` {_start(member)}" + (" with a linear-probe head" if member.get("linear_probe_c") else "") for member in summary["members"]]
-        return "an ensemble of " + "; and ".join(described) + ";"
+        return "an ensemble of " + "; and ".join(_described(member) for member in summary["members"]) + ";"
     base_model, revision = summary.get("base_model"), summary.get("base_model_revision")
     if summary["trained_from_scratch"] or not base_model:
         return "trained from random initialisation (no pretrained weights)"
@@ -181,6 +180,13 @@ def _start(summary: dict[str, Any]) -> str:
     if _hub_id(base_model):
         return f"fine-tuned from [`{base_model}`](https://huggingface.co/{base_model}){at}"
     return f"fine-tuned from the checkpoint in the local folder `{Path(base_model).name}`"
+
+
+def _described(member: dict[str, Any]) -> str:
+    """One member of an ensemble: its architecture and how it began (a nested ensemble: each of its own members)."""
+    if member.get("members"):
+        return f"`{member['architecture']}` (" + "; ".join(_described(inner) for inner in member["members"]) + ")"
+    return f"`{member['architecture']}` {_start(member)}" + (" with a linear-probe head" if member.get("linear_probe_c") else "")
 
 
 def _failure_modes(confusion_matrix: list, test_dev: Optional[dict[str, Any]], maintainers: Optional[dict[str, Any]]) -> str:

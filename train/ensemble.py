@@ -86,14 +86,16 @@ def load_members(references: list[str]) -> tuple[list[PneumoniaClassifier], list
 
 
 def origin_of(folder: Path, member: PneumoniaClassifier) -> dict:
-    """How a member began, for the card: its architecture, and its checkpoint or packaged weights if any."""
+    """How a member began, for the card: its architecture, and its checkpoint or packaged weights if any; an ensemble
+    member, its own members'."""
     summary = ModelFolder(folder).read(SUMMARY) or {}
     return {
-        "architecture": member.architecture,
+        "architecture": summary.get("architecture") or member.architecture,
         "trained_from_scratch": member.trained_from_scratch,
         "base_model": member.base_model,
         "weights_source": member.weights_source,
         "linear_probe_c": summary.get("linear_probe_c"),
+        **({"members": summary["members"]} if summary.get("members") else {}),
     }
 
 
@@ -175,7 +177,7 @@ def main(argv=None) -> int:
         **({"fp16_members": half, "fp16_max_probability_change": fp16_change} if args.save_fp16 else {}),
     }
     summary = {
-        "architecture": f"pneumo_ensemble({', '.join(member.architecture for member in members)})",
+        "architecture": f"pneumo_ensemble({', '.join(origin['architecture'] for origin in origins)})",
         "members": origins,
         "loss": "each member's own: " + ", ".join(f"{run['loss']} ({folder})" for run, folder in zip(runs, args.members, strict=True)),
         "class_weights": "per member",
@@ -183,9 +185,10 @@ def main(argv=None) -> int:
         "train_images": results["train_images"],
         "train_seconds": results["train_seconds"],
         "command": "".join(  # each member again from its own arguments file (or the ensemble it was taken from), then the ensemble
-            f"# {name}: {member.architecture}, taken from the ensemble {source.path} (its card says how it was trained)\n" if "#" in name
+            f"# {name}: {origin['architecture']}, taken from the ensemble {source.path} (its card says how it was trained)\n" if "#" in name
+            else f"# {name}: {origin['architecture']}, built by train/ensemble.py (its card gives the command)\n" if origin.get("members")
             else f"# {name}: {member.architecture}, {result['epochs_run']} epochs\npython train/train.py {shlex.quote(str(source.file(ARGUMENTS)))}\n"
-            for name, source, member, result in zip(args.members, sources, members, member_results, strict=True)
+            for name, source, member, origin, result in zip(args.members, sources, members, origins, member_results, strict=True)
         ) + "python train/ensemble.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }
     found = finalize(
