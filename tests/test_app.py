@@ -19,7 +19,6 @@ from test_imaging import png_claiming
 
 from pneumo_hf import LABELS, load_predictor
 from pneumo_hf.examples import EXAMPLE_FILMS, find_examples
-from pneumo_hf.inference import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -164,26 +163,32 @@ def test_details_endpoint_returns_one_json_object_that_agrees_with_predict(clien
     assert details["warnings"] == [] and details["model"]["revision"].startswith("sha256:")
 
 
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs ../shared/data")
-def test_label_heading_is_the_decision_not_the_largest_confidence(default_server):
-    """A validation film whose PNEUMONIA probability lies between 0.5 and the shipped model's threshold: its decision
-    and its larger probability disagree, and gr.Label alone would head it with the larger one."""
+def film_between(predictor, low: float, high: float, folder: Path) -> Path:
+    """A film whose PNEUMONIA probability lies in [low, high): a blend of a NORMAL and a PNEUMONIA example film, its
+    share found by bisection (the window between 0.5 and a threshold can be too narrow for any real film to fall in)."""
+    normal, pneumonia = (np.asarray(Image.open(sorted((EXAMPLE_FILMS / label).glob("*.jpeg"))[0]).convert("L").resize((224, 224)), dtype=float) for label in LABELS)
+    lo, hi = 0.0, 1.0
+    for step in range(40):
+        share = (lo + hi) / 2
+        path = folder / f"blend-{step}.png"
+        Image.fromarray(np.round((1 - share) * normal + share * pneumonia).astype(np.uint8)).save(path)
+        found = predictor.predict(str(path)).probabilities["PNEUMONIA"]
+        if low <= found < high:
+            return path
+        lo, hi = (share, hi) if found < low else (lo, share)
+    raise AssertionError(f"no blend of the example films scores in [{low}, {high})")
+
+
+def test_label_heading_is_the_decision_not_the_largest_confidence(default_server, tmp_path):
+    """A film whose PNEUMONIA probability lies between 0.5 and the shipped model's threshold: its decision and its larger
+    probability disagree, and gr.Label alone would head it with the larger one."""
     from gradio_client import Client, handle_file
 
-    from pneumo_hf.evaluation import validation_split_of
-
     predictor = load_predictor()
-    low, high = sorted((predictor.threshold, 0.5))
-    paths = [row["path"] for row in validation_split_of(DEFAULT_MODEL_DIR)["image"]]
-    film = next(
-        path
-        for start in range(0, len(paths), 64)
-        for path, prediction in zip(paths[start : start + 64], predictor.predict_batch(paths[start : start + 64]), strict=True)
-        if low <= prediction.probabilities["PNEUMONIA"] < high
-    )
+    film = film_between(predictor, *sorted((predictor.threshold, 0.5)), tmp_path)
     client = Client(default_server, verbose=False)
-    label = client.predict(handle_file(film), api_name="/predict")[0]
-    details = client.predict(handle_file(film), api_name="/details")
+    label = client.predict(handle_file(str(film)), api_name="/predict")[0]
+    details = client.predict(handle_file(str(film)), api_name="/details")
     larger = max(confidences((label,)), key=confidences((label,)).get)
     assert label["label"] == details["decision"] != larger
     assert details["decision"] == ("PNEUMONIA" if details["probabilities"]["PNEUMONIA"] >= details["threshold"] else "NORMAL")
