@@ -59,9 +59,9 @@ def score_split(classifier: PneumoniaClassifier, batches, accelerator: Optional[
     return metrics.probabilities(logits, classifier.temperature)[:, 1], labels
 
 
-def split_loader(classifier: PneumoniaClassifier, dataset: datasets.Dataset, batch_size: int = 64, **loader_kwargs):
+def split_loader(classifier: PneumoniaClassifier, dataset: datasets.Dataset, batch_size: int = 64):
     """A loader of `dataset` through the model's own preprocessing, for `evaluate` and `score_split`."""
-    return torch.utils.data.DataLoader(skipping_unreadable(dataset, build_transform(classifier.data_config)), batch_size=batch_size, collate_fn=collate, **loader_kwargs)
+    return torch.utils.data.DataLoader(skipping_unreadable(dataset, build_transform(classifier.data_config)), batch_size=batch_size, collate_fn=collate)
 
 
 def split_seed(run: dict[str, Any]) -> int:
