@@ -128,10 +128,6 @@ class ModelFolder:
         # the domain-warning shares belong to the check they were measured with, which may have been refitted since
         return {**found, "earlier_domain_check": found.get("domain_check_cut") is not None and found["domain_check_cut"] != cut, "current_cut": cut}
 
-    def split_plots(self, split: str) -> list[str]:
-        """The file names of a split's plots present, in PLOT_KINDS order."""
-        return [plot_name(split, kind) for kind in PLOT_KINDS if self.has(plot_name(split, kind))]
-
     def plots(self) -> list[Path]:
         """Every plot in the card's order: the splits of PLOTTED_SPLITS, then anything else; within each, PLOT_KINDS order."""
 

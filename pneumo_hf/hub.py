@@ -19,7 +19,7 @@ from huggingface_hub.constants import ENDPOINT, HF_HUB_OFFLINE
 
 from .checkpoints import weights_source_sentence
 from .errors import UserError
-from .folder import CALIBRATION, CARD, DOMAIN_CHECK, RESULTS, SUMMARY, TRAINING_CURVES, ModelFolder
+from .folder import CALIBRATION, CARD, DOMAIN_CHECK, PLOT_KINDS, RESULTS, SUMMARY, TRAINING_CURVES, ModelFolder, plot_name
 from .labels import LABELS
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def _prefixed(results: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def _plots(folder: ModelFolder, split: str, described: str) -> list[dict[str, str]]:
     """The split's plots present in the folder, in the card's order, with their alt text."""
-    return [{"file": name, "alt": f"{name[len(split) + 1 : -len('.png')].replace('_', ' ')}, {described}"} for name in folder.split_plots(split)]
+    return [{"file": plot_name(split, kind), "alt": f"{kind.replace('_', ' ')}, {described}"} for kind in PLOT_KINDS if folder.has(plot_name(split, kind))]
 
 
 def _training_curves(folder: ModelFolder) -> list[dict[str, str]]:
