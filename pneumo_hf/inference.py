@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from .domain import DomainCheck
+from .folding import fold_batch_norms
 from .folder import CONFIG, ModelFolder
 from .imaging import ImageSource, load_image, xray_warnings
 from .labels import LABEL2ID, LABELS, POSITIVE_LABEL
@@ -57,6 +58,9 @@ class Predictor:
             self.classifier.to(memory_format=torch.channels_last)
         self.folder = folder  # the model folder, for its card and plots
         self.domain = DomainCheck.load(folder, classifier) if folder else None  # flags films unlike the training films
+        if classifier.family == "timm":  # after the domain check took its modules: a features check reads the first convolution unfolded
+            parameter = next(classifier.parameters())
+            fold_batch_norms(classifier.backbone, torch.rand(1, *classifier.data_config["input_size"], generator=torch.Generator().manual_seed(0)).to(parameter.device, parameter.dtype))
         if self.domain is not None:
             self.domain.watch()  # a pooled check reads the embedding of the prediction's own forward pass
         self.name = name or (str(folder) if folder else classifier.architecture)
