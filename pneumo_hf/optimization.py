@@ -1,5 +1,5 @@
 """What learns, and how fast: the training loss (class-weighted cross-entropy, cross-entropy or focal), the parameter
-groups with timm's layer-wise learning-rate decay, and a frozen backbone for the first epochs.
+groups with timm's layer-wise learning-rate decay, a frozen backbone for the first epochs, and the lower layers frozen.
 
     criterion = make_loss("weighted_ce", class_weights(train_set["label"]))
     optimizer = torch.optim.AdamW(parameter_groups(classifier, args), lr=args.learning_rate)
@@ -11,15 +11,16 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from timm.models import group_parameters
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
-from .models import PneumoniaClassifier, head_of
+from .models import ModelError, PneumoniaClassifier, head_of
 from .training_args import TrainingArguments
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["freeze_backbone", "make_loss", "parameter_groups"]
+__all__ = ["freeze_backbone", "freeze_lower_layers", "make_loss", "parameter_groups"]
 
 
 def make_loss(kind: str, weights: torch.Tensor, label_smoothing: float = 0.0, gamma: float = 2.0):
@@ -59,3 +60,20 @@ def freeze_backbone(classifier: PneumoniaClassifier, frozen: bool) -> None:
     if frozen:
         classifier.backbone.eval()
         head.train()
+
+
+def freeze_lower_layers(classifier: PneumoniaClassifier, trainable_layers: int) -> None:
+    """Only the top `trainable_layers` of timm's layer grouping (`group_matcher`, as `param_groups_layer_decay` numbers
+    them; parameters it leaves out count as the top layer, with the head) have gradients; the modules below are in
+    eval mode, and every batch norm keeps the checkpoint's statistics. Called after `model.train()`."""
+    backbone = classifier.backbone
+    if classifier.family != "timm" or not hasattr(backbone, "group_matcher"):
+        raise ModelError(f"{classifier.architecture} has no timm layer grouping to count layers in; drop --trainable_layers.")
+    layer_of = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+    top = max(layer_of.values())
+    for name, parameter in backbone.named_parameters():
+        parameter.requires_grad_(layer_of.get(name, top) > top - trainable_layers)
+    for module in backbone.modules():
+        own = list(module.parameters(recurse=False))
+        if isinstance(module, nn.BatchNorm2d) or (own and not any(parameter.requires_grad for parameter in own)):
+            module.eval()

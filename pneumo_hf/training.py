@@ -39,7 +39,7 @@ from .folder import BEST_MODEL, CHECKPOINTS, TRAINING_CURVES, ModelFolder
 from .hub import push_folder
 from .labels import LABELS
 from .models import PneumoniaClassifier, build_classifier, head_of
-from .optimization import freeze_backbone, make_loss, parameter_groups
+from .optimization import freeze_backbone, freeze_lower_layers, make_loss, parameter_groups
 from .training_args import TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
         logger.warning("Training %s from random initialisation (no pretrained weights).", classifier.architecture)
     if args.freeze_backbone_epochs:
         head_of(classifier)  # a model without a separate head fails now, not after the first epoch
+    if args.trainable_layers:
+        freeze_lower_layers(classifier, args.trainable_layers)  # a model without timm's layer grouping fails now, too
     probe_started = time.time()
     if args.linear_probe and not args.resume_from_checkpoint:  # a resumed run's head comes from its checkpoint
         _fit_linear_probe(args, classifier, train_set)
@@ -191,6 +193,8 @@ def _train_one_epoch(run: _Run, epoch: int, progress) -> float:
         freeze_backbone(run.classifier, frozen)
         if epoch == args.freeze_backbone_epochs:
             logger.info("Epoch %d: the backbone is unfrozen; everything trains from now on.", epoch)
+    if args.trainable_layers:
+        freeze_lower_layers(run.classifier, args.trainable_layers)
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     active = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader

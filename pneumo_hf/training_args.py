@@ -35,6 +35,7 @@ class TrainingArguments:
     freeze_backbone_epochs: int = field(default=0, metadata={"help": "Train the new head alone for this many epochs (backbone frozen: no gradients, BatchNorm in eval mode), then everything; ≥ --num_train_epochs is pure feature extraction."})
     linear_probe: bool = field(default=False, metadata={"help": "Start the head as a class-balanced logistic regression fitted to convergence on the backbone's pooled features of the train split (computed once, cached); with --num_train_epochs 0 that is the whole run, with more it is LP-FT."})
     linear_probe_c: float = field(default=0.003, metadata={"help": "Inverse L2 strength of --linear_probe's logistic regression on standardised features."})
+    trainable_layers: Optional[int] = field(default=None, metadata={"help": "Train only the top N layers of a timm model's layer grouping (as --layer_decay numbers them; the head's layer is the top one); the layers below keep the checkpoint's weights, and every batch norm its statistics. Gentle LP-FT: --linear_probe --trainable_layers 4."})
     layer_decay: Optional[float] = field(default=None, metadata={"help": "Layer-wise learning-rate decay (timm's param_groups_layer_decay), e.g. 0.75: each layer down from the head learns at this factor of the one above."})
     config_overrides: Optional[str] = field(default=None, metadata={"help": "For a transformers model type: 'hidden_size=192,num_hidden_layers=12,...'."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Input side in pixels; default: the model's own."})
@@ -99,6 +100,8 @@ class TrainingArguments:
             raise ArgumentError(f"--random_erasing {self.random_erasing}: give a probability between 0 and 1, e.g. 0.25.")
         if self.freeze_backbone_epochs < 0:
             raise ArgumentError(f"--freeze_backbone_epochs {self.freeze_backbone_epochs}: give 0 (off) or a number of epochs.")
+        if self.trainable_layers is not None and self.trainable_layers < 1:
+            raise ArgumentError(f"--trainable_layers {self.trainable_layers}: give a number of layers from the top, at least 1 (the head).")
         if self.linear_probe_c <= 0:
             raise ArgumentError(f"--linear_probe_c {self.linear_probe_c}: give a positive value, e.g. 0.003.")
         if self.num_train_epochs == 0 and not self.linear_probe:

@@ -131,6 +131,26 @@ def test_unfrozen_after_the_head_epoch_the_backbone_moves_with_layer_decay(tmp_p
     assert "Epoch 1: the backbone is unfrozen" in caplog.text and "Layer decay 0.75" in caplog.text
 
 
+@pytest.mark.slow
+def test_with_trainable_layers_only_the_top_layers_learn_and_no_norm_statistics_move(tmp_path, hub_cache, image_folder):
+    """--trainable_layers 2 on test_resnet: layer4 and the head train; conv1 to layer3 and every running statistic stay."""
+    checkpoint_folder = cache_snapshot(hub_cache, "timm/test_resnet.r160_in1k")
+    output = finetune(tmp_path / "run", image_folder, "timm/test_resnet.r160_in1k", freeze_backbone_epochs=0, trainable_layers=2, early_stopping_patience=None)
+    last = load_file(sorted((output / "checkpoints").glob("checkpoint_*"))[-1] / "model.safetensors")
+    changed, reshaped = backbone_changes(load_file(checkpoint_folder / "model.safetensors"), {name.removeprefix("backbone."): tensor for name, tensor in last.items()})
+    assert reshaped == {"fc.weight", "fc.bias"}
+    assert any(name.startswith("layer4") for name in changed)
+    assert all(name.startswith("layer4") and "running" not in name for name in changed)
+
+
+def test_trainable_layers_on_a_transformers_model_gets_its_sentence(tmp_path, hub_cache, image_folder):
+    from pneumo_hf.models import ModelError
+
+    cache_snapshot(hub_cache, "google/tiny-vit")
+    with pytest.raises(ModelError, match="no timm layer grouping.*drop --trainable_layers"):
+        finetune(tmp_path / "run", image_folder, "google/tiny-vit", freeze_backbone_epochs=0, trainable_layers=2)
+
+
 def test_layer_decay_gives_the_stem_the_smallest_learning_rate():
     from pneumo_hf.optimization import parameter_groups
 

@@ -163,6 +163,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["--model_name_or_path", "resnet5o"], "Unknown model"),
     (["--loss", "hinge"], "--loss 'hinge'"),
     (["--loss", "focal", "--mixup", "0.2"], "--loss focal does not take"),
+    (["--trainable_layers", "0"], "--trainable_layers 0: give a number of layers"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, image_folder, flags, message):
     base = {"--train_dir": str(image_folder), "--output_dir": str(tmp_path / "out"), "--image_size": "32"}
