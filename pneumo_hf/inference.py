@@ -52,13 +52,15 @@ class Prediction:
 class Predictor:
     """A loaded classifier with its preprocessing, threshold, temperature, test-time views and heatmaps."""
 
-    def __init__(self, classifier: PneumoniaClassifier, folder: Optional[Path] = None, name: Optional[str] = None):
+    def __init__(self, classifier: PneumoniaClassifier, folder: Optional[Path] = None, name: Optional[str] = None, fold_norms: bool = False):
+        """With `fold_norms`, a timm CNN's batch norms are folded into its convolutions, in place (pneumo_hf.folding):
+        for a classifier the predictor owns, as `load_predictor` gives it; a caller's own model is left as it is."""
         self.classifier = classifier.eval()
         if classifier.family == "timm":  # a quarter less CPU per film for the CNNs (docs/speed.md)
             self.classifier.to(memory_format=torch.channels_last)
         self.folder = folder  # the model folder, for its card and plots
         self.domain = DomainCheck.load(folder, classifier) if folder else None  # flags films unlike the training films
-        if classifier.family == "timm":  # after the domain check took its modules: a features check reads the first convolution unfolded
+        if fold_norms and classifier.family == "timm":  # after the domain check took its modules: a features check reads the first convolution unfolded
             parameter = next(classifier.parameters())
             fold_batch_norms(classifier.backbone, torch.rand(1, *classifier.data_config["input_size"], generator=torch.Generator().manual_seed(0)).to(parameter.device, parameter.dtype))
         if self.domain is not None:
@@ -177,4 +179,4 @@ def load_predictor(name_or_path: Union[str, os.PathLike, None] = None) -> Predic
     else:
         name = str(name_or_path)
     folder = resolve_model_folder(name_or_path)
-    return Predictor(PneumoniaClassifier.from_pretrained(folder), folder=folder, name=name)
+    return Predictor(PneumoniaClassifier.from_pretrained(folder), folder=folder, name=name, fold_norms=True)

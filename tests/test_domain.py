@@ -90,7 +90,7 @@ def fitted_and_loaded(folder: Path, kind: str):
     check.save(folder)
     loaded = load_predictor(folder)
     probe = batches_of(range(300, 310), True, transform)[0]
-    assert np.allclose(loaded.domain.distances(probe), check.distances(probe), rtol=1e-5)
+    assert np.allclose(loaded.domain.distances(probe), check.distances(probe), rtol=1e-3)  # the loaded predictor's norms are folded
     assert loaded.domain.cut == check.cut and loaded.domain.info["calibration"] == "generated"
     assert loaded.domain.flags(torch.randn(2, 3, 32, 32) * 3) == [True, True]  # noise
     return classifier, check, loaded

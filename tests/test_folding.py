@@ -83,8 +83,8 @@ def test_a_model_in_training_mode_is_refused():
 
 
 def test_the_shipped_model_predicts_the_same_folded():
-    """The predictor folds its CNNs' norms; the classifier as loaded, unfolded, gives the same probabilities."""
-    predictor = Predictor(PneumoniaClassifier.from_pretrained(DEFAULT_MODEL_DIR), folder=DEFAULT_MODEL_DIR)
+    """load_predictor folds its CNNs' norms; the classifier as loaded, unfolded, gives the same probabilities."""
+    predictor = load_predictor()
     unfolded = PneumoniaClassifier.from_pretrained(DEFAULT_MODEL_DIR).eval()
     assert not any(isinstance(module, nn.BatchNorm2d) for module in predictor.classifier.modules())
     assert any(isinstance(module, nn.BatchNorm2d) for module in unfolded.modules())
@@ -93,6 +93,13 @@ def test_the_shipped_model_predicts_the_same_folded():
     with torch.inference_mode():
         expected = torch.softmax(unfolded(pixels) / unfolded.temperature, dim=1).numpy()
     assert abs(folded_probabilities - expected).max() < 1e-5
+
+
+def test_a_callers_own_classifier_is_not_folded():
+    classifier = PneumoniaClassifier.from_pretrained(DEFAULT_MODEL_DIR)
+    norms = [module for module in classifier.modules() if isinstance(module, nn.BatchNorm2d)]
+    predictor = Predictor(classifier, folder=DEFAULT_MODEL_DIR)
+    assert predictor.classifier is classifier and [module for module in classifier.modules() if isinstance(module, nn.BatchNorm2d)] == norms
 
 
 def test_a_first_convolution_domain_check_reads_the_convolution_unfolded(trained_folder):
