@@ -42,10 +42,9 @@ def fold_batch_norms(model: nn.Module, example: torch.Tensor, atol: float = 1e-4
     if not pairs:
         return 0
     with torch.inference_mode():
-        fed = _fed_by_their_convolution(model, pairs, example)
+        fed, before = _fed_by_their_convolution(model, pairs, example)
         if not fed:
             return 0
-        before = model(example)
         for pair in fed:
             setattr(pair.parent, pair.conv_name, fuse_conv_bn_eval(pair.conv, pair.norm))
             setattr(pair.parent, pair.norm_name, nn.Sequential(pair.norm.drop, pair.norm.act) if isinstance(pair.norm, BatchNormAct2d) else nn.Identity())
@@ -70,16 +69,17 @@ def _adjacent_pairs(model: nn.Module) -> list[_Pair]:
     return pairs
 
 
-def _fed_by_their_convolution(model: nn.Module, pairs: list[_Pair], example: torch.Tensor) -> list[_Pair]:
-    """The pairs whose norm, in a forward pass on `example`, received exactly the tensor its convolution returned."""
+def _fed_by_their_convolution(model: nn.Module, pairs: list[_Pair], example: torch.Tensor) -> tuple[list[_Pair], torch.Tensor]:
+    """The pairs whose norm, in a forward pass on `example`, received exactly the tensor its convolution returned, and
+    that pass's output (the unfolded model's, to compare the folded one with)."""
     outputs, fed = {}, set()
     hooks = []
     for index, pair in enumerate(pairs):
         hooks.append(pair.conv.register_forward_hook(lambda module, inputs, output, index=index: outputs.__setitem__(index, output)))
         hooks.append(pair.norm.register_forward_pre_hook(lambda module, inputs, index=index: fed.add(index) if inputs[0] is outputs.get(index) else None))
     try:
-        model(example)
+        output = model(example)
     finally:
         for hook in hooks:
             hook.remove()
-    return [pair for index, pair in enumerate(pairs) if index in fed]
+    return [pair for index, pair in enumerate(pairs) if index in fed], output

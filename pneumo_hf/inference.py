@@ -61,8 +61,8 @@ class Predictor:
         self.folder = folder  # the model folder, for its card and plots
         self.domain = DomainCheck.load(folder, classifier) if folder else None  # flags films unlike the training films
         if fold_norms and classifier.family == "timm":  # after the domain check took its modules: a features check reads the first convolution unfolded
-            parameter = next(classifier.parameters())
-            fold_batch_norms(classifier.backbone, torch.rand(1, *classifier.data_config["input_size"], generator=torch.Generator().manual_seed(0)).to(parameter.device, parameter.dtype))
+            example = torch.rand(1, *classifier.data_config["input_size"], generator=torch.Generator().manual_seed(0))
+            fold_batch_norms(classifier.backbone, example.to(next(classifier.parameters())))
         if self.domain is not None:
             self.domain.watch()  # a pooled check reads the embedding of the prediction's own forward pass
         self.name = name or (str(folder) if folder else classifier.architecture)
