@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=../shared/data  # as in the recipes
+# An AVX2 CPU's kernels on every x86 CPU: ATen's and oneDNN's instruction sets change the rounding of training (a CPU
+# with AVX-512 trained other Keras weights from the same recipe), MKL's conditional reproducibility fixes its code path
+export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 OMP_NUM_THREADS=2
 
 pneumo-hf checkpoint tf_efficientnet_lite0 --output_dir checkpoints/tf_efficientnet_lite0
 python train/train.py train/recipes/tf_efficientnet_lite0_linear_probe.json
