@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from timm.layers import BatchNormAct2d
@@ -63,7 +64,7 @@ def _adjacent_pairs(model: nn.Module) -> list[_Pair]:
     pairs = []
     for parent in model.modules():
         children = list(parent.named_children())
-        for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
+        for (conv_name, conv), (norm_name, norm) in pairwise(children):
             if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats and norm.num_features == conv.out_channels:
                 pairs.append(_Pair(parent, conv_name, norm_name, conv, norm))
     return pairs

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from .domain import DomainCheck
-from .folding import fold_batch_norms
 from .folder import CONFIG, ModelFolder
+from .folding import fold_batch_norms
 from .imaging import ImageSource, load_image, xray_warnings
 from .labels import LABEL2ID, LABELS, POSITIVE_LABEL
 from .models import ModelError, PneumoniaClassifier, resolve_model_folder
