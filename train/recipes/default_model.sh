@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The shipped model again from its recipes on a CPU (its steps alone took about 40 minutes on two cores; 106 with other
-# training beside them), then its weights' sha256 beside the shipped folder's. Each step writes its folder under runs/;
-# docs/models.md gives every step's figures, and why the Keras CNNs come back bit for bit only on a CPU like theirs:
+# The shipped model again from its recipes on a CPU (57 minutes on two cores, other work beside it for half of them),
+# then its weights' sha256 beside the shipped folder's: the same on the AMD EPYC (AVX2) it was trained on. Each step
+# writes its folder under runs/; docs/models.md gives every step's figures and why the kernels are pinned below:
 #   pip install -e ".[train]" && bash train/recipes/default_model.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,4 +21,5 @@ python train/ensemble.py runs/tf_efficientnet_lite0_linear_probe runs/keras_pair
     --hub_model_id pneumo-hf/chest-xray-pneumonia-ensemble-lite0-keras
 python train/fit_domain_check.py --model runs/lite0_keras_pair --features pooled --calibration_dir $DATA/chest_xray_224/test_dev \
     --pool_validation --max_flagged 0.03 --report_dir $DATA/adult_check
+python train/write_card.py --model runs/lite0_keras_pair  # the card again, with the check just fitted
 sha256sum runs/lite0_keras_pair/model.safetensors pneumo_hf/default_model/model.safetensors
