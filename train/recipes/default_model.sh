@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The shipped model again from its recipes on a CPU (57 minutes on two cores, other work beside it for half of them),
-# then its weights' sha256 beside the shipped folder's: the same on the AMD EPYC (AVX2) it was trained on. Each step
-# writes its folder under runs/; docs/models.md gives every step's figures and why the kernels are pinned below:
+# then its weights' sha256 beside the shipped folder's and whether they match (they do on the AMD EPYC with AVX2 it was
+# trained on; exit 1 where not). Each step writes its folder under runs/; docs/models.md gives every step's figures
+# and why the kernels are pinned below:
 #   pip install -e ".[train]" && bash train/recipes/default_model.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,3 +24,9 @@ python train/fit_domain_check.py --model runs/lite0_keras_pair --features pooled
     --pool_validation --max_flagged 0.03 --report_dir $DATA/adult_check
 python train/write_card.py --model runs/lite0_keras_pair  # the card again, with the check just fitted
 sha256sum runs/lite0_keras_pair/model.safetensors pneumo_hf/default_model/model.safetensors
+if cmp -s runs/lite0_keras_pair/model.safetensors pneumo_hf/default_model/model.safetensors; then
+    echo "runs/lite0_keras_pair holds the shipped weights, bit for bit."
+else
+    echo "runs/lite0_keras_pair holds other weights than pneumo_hf/default_model: docs/models.md says which CPUs give them back." >&2
+    exit 1
+fi
