@@ -4,15 +4,10 @@ import io
 import os
 from pathlib import Path
 
-# The kernels of an AVX2 CPU on every x86 CPU, set before torch loads: ATen's or oneDNN's instruction set alone changes
-# the tiny runs that tests/test_folder_pinned.py pins (measured), so a CPU with AVX-512 would otherwise fail them.
-for name, value in {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}.items():
-    os.environ.setdefault(name, value)
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
 torch.set_num_threads(1)  # small tests; leave the other core to whatever else runs
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The shipped model again from its recipes on a CPU (57 minutes on two cores, other work beside it for half of them),
-# then its weights' sha256 beside the shipped folder's and whether they match (they do on the AMD EPYC with AVX2 it was
-# trained on; exit 1 where not). Each step writes its folder under runs/; docs/models.md gives every step's figures
-# and why the kernels are pinned below:
+# then its weights' sha256 beside the shipped folder's and one sentence: the same model (every tensor within one fp16
+# step, every JSON float within 1e-9 relative: pneumo_hf/reproduce.py) or the first tensor or key that differs (exit
+# 1). Each step writes its folder under runs/; docs/models.md gives every step's figures and why the kernels are capped:
 #   pip install -e ".[train]" && bash train/recipes/default_model.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=../shared/data  # as in the recipes
-# An AVX2 CPU's kernels on every x86 CPU: ATen's and oneDNN's instruction sets change the rounding of training (a CPU
-# with AVX-512 trained other Keras weights from the same recipe), MKL's conditional reproducibility fixes its code path
-export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 OMP_NUM_THREADS=2
+# An AVX2 CPU's kernels on every x86 CPU (torch's, MKL's and OpenBLAS's): the instruction set changes the rounding of
+# training (a CPU with AVX-512 trained other Keras weights from the same recipe); the caps live in pneumo_hf/reproduce.py
+eval "$(python -m pneumo_hf.reproduce --exports)"
+export OMP_NUM_THREADS=2
 
 pneumo-hf checkpoint tf_efficientnet_lite0 --output_dir checkpoints/tf_efficientnet_lite0
 python train/train.py train/recipes/tf_efficientnet_lite0_linear_probe.json
@@ -24,9 +25,4 @@ python train/fit_domain_check.py --model runs/lite0_keras_pair --features pooled
     --pool_validation --max_flagged 0.03 --report_dir $DATA/adult_check
 python train/write_card.py --model runs/lite0_keras_pair  # the card again, with the check just fitted
 sha256sum runs/lite0_keras_pair/model.safetensors pneumo_hf/default_model/model.safetensors
-if cmp -s runs/lite0_keras_pair/model.safetensors pneumo_hf/default_model/model.safetensors; then
-    echo "runs/lite0_keras_pair holds the shipped weights, bit for bit."
-else
-    echo "runs/lite0_keras_pair holds other weights than pneumo_hf/default_model: docs/models.md says which CPUs give them back." >&2
-    exit 1
-fi
+python -m pneumo_hf.reproduce runs/lite0_keras_pair pneumo_hf/default_model
