@@ -123,7 +123,6 @@ def first_folder_difference(found: Path, expected: Path) -> Optional[str]:
                 difference = first_tensor_difference(found_file, expected_file)
             else:
                 difference = first_difference(_compared(found_file), _compared(expected_file), expected_file.name)
-                difference = difference and (difference if difference.startswith(expected_file.name) else f"{expected_file.name}: {difference}")
             if difference:
                 return difference
     return None
