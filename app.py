@@ -29,9 +29,9 @@ import gradio as gr
 from gradio.components.label import LabelConfidence, LabelData
 from gradio.data_classes import FileData
 
-from pneumo_hf import ImageError, ModelError, Prediction, Predictor, load_predictor, page
+from pneumo_hf import ImageError, ModelError, Prediction, Predictor, guard, load_predictor, page
 from pneumo_hf.cam import overlay
-from pneumo_hf.examples import find_examples, hub_examples
+from pneumo_hf.examples import EXAMPLE_FILMS, find_examples, hub_examples
 from pneumo_hf.folder import CONFIG, ModelFolder
 from pneumo_hf.imaging import IMAGE_SUFFIXES, MAX_FILE_BYTES, load_image
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
@@ -39,21 +39,21 @@ from pneumo_hf.site_check import ArchiveError, check_archive
 
 DEFAULT = "default (shipped in pneumo_hf)"
 KEEP_FILES_SECONDS = int(os.environ.get("PNEUMO_KEEP_FILES_SECONDS", 600))  # uploads and outputs, then deleted
-OVERLAY_MAX_SIDE = 1024  # the page shows the overlay at most 360 px high
-CONCURRENCY = int(os.environ.get("PNEUMO_CONCURRENCY", 2))  # one worker per core of a free Space
+FILM_MAX_SIDE = 1024  # films are reduced to this as they are decoded: the page's overlay, and a bounded memory per film
 
 
 class DecisionLabel(gr.Label):
     """A `gr.Label` whose heading is the decision taken at the model's threshold (gr.Label alone heads with the
     largest confidence, which contradicts the decision whenever the threshold is not 0.5); the confidences stay
-    the calibrated probabilities."""
+    the calibrated probabilities, held within [0.005, 0.994] so that its whole-percent bars never read 100% or 0% (the
+    JSON of /details and /predict_film keeps the number)."""
 
     is_template = True  # drawn by gr.Label's own front end
 
     def postprocess(self, value: Any) -> Any:
         if isinstance(value, Prediction):
             ranked = sorted(value.probabilities.items(), key=lambda item: -item[1])
-            return LabelData(label=value.label, confidences=[LabelConfidence(label=name, confidence=p) for name, p in ranked])
+            return LabelData(label=value.label, confidences=[LabelConfidence(label=name, confidence=min(max(p, 0.005), 0.994)) for name, p in ranked])
         return super().postprocess(value)
 
 
@@ -69,12 +69,22 @@ def get_predictor(name: str) -> Predictor:
     return load_predictor(None if name == DEFAULT else name)
 
 
+def readable_roots() -> list[Path]:
+    """Where a request's file may be: Gradio's upload cache (uploads, and what the app itself returned) and the served
+    examples."""
+    examples = os.environ.get("PNEUMO_EXAMPLES_DIR")
+    return [Path(gr.utils.get_upload_folder()), EXAMPLE_FILMS, *([Path(examples)] if examples else [])]
+
+
 def _predict(file: Optional[str], model_name: str, heatmap: bool) -> Prediction:
+    """Every endpoint's film: an upload only, decoded reduced, in one of the shared model slots."""
     if not file:
         raise gr.Error("Upload a chest X-ray first (JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM).")
     try:
-        return get_predictor(model_name).predict(file, heatmap=heatmap)
-    except (ImageError, ModelError) as error:
+        path = guard.uploaded(file, readable_roots())
+        with guard.model_slot():
+            return get_predictor(model_name).predict(load_image(path, max_side=FILM_MAX_SIDE), heatmap=heatmap)
+    except (ImageError, ModelError, guard.NotUploadedError, guard.BusyError) as error:
         raise gr.Error(str(error)) from None
 
 
@@ -91,7 +101,6 @@ def overlay_file(prediction: Prediction, kind: str = "overlays", blended: bool =
     its own in Gradio's cache: served as it is, removed with the cache, and never shared by two requests (identical
     outputs under one cached name raced)."""
     picture = overlay(prediction.image, prediction.heatmap) if blended else prediction.image.convert("RGB")
-    picture.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
     path = output_path(kind, ".jpg")
     picture.save(path, quality=90)
     return str(path)
@@ -137,9 +146,10 @@ def predict(film: str, model_name: str) -> tuple[dict[str, Any], str]:
 
 def details(film: FileData) -> dict[str, Any]:
     """The /details endpoint of gradio_client (the first model served): decision, probabilities, threshold, warnings
-    and model as one JSON object."""
+    and model as one JSON object. Gradio does not check a `gr.api` argument's file: `_predict` reads uploads only."""
     model_name = model_choices()[0]
-    return page.details_of(_predict(film["path"] if film else None, model_name, heatmap=False), get_predictor(model_name))
+    path = film.get("path") if isinstance(film, dict) else getattr(film, "path", None)
+    return page.details_of(_predict(path, model_name, heatmap=False), get_predictor(model_name))
 
 
 def evaluate(archive: str, model_name: str) -> tuple[dict[str, Any], str]:
@@ -163,14 +173,13 @@ def check_films(archive: Optional[str], model_name: str, progress=gr.Progress(tr
     """The check tab: `evaluate` with a progress bar, and the per-film rows kept for the plots."""
     if not archive:
         raise gr.Error("Upload a .zip of labelled films first (NORMAL/ and PNEUMONIA/ folders, or films with a labels.csv).")
-    try:
-        predictor = get_predictor(model_name)
-    except ModelError as error:
-        raise gr.Error(str(error)) from None
     table = output_path("checks", ".csv")
     try:
-        summary, rows = check_archive(predictor, archive, Path(tempfile.mkdtemp(prefix="pneumo_check_")), table)
-    except ArchiveError as error:
+        path = guard.uploaded(archive, readable_roots())
+        predictor = get_predictor(model_name)
+        with guard.model_slot():
+            summary, rows = check_archive(predictor, path, Path(tempfile.mkdtemp(prefix="pneumo_check_")), table)
+    except (ArchiveError, ModelError, guard.NotUploadedError, guard.BusyError) as error:
         raise gr.Error(str(error)) from None
     return summary, str(table), rows
 
@@ -190,8 +199,10 @@ def preview(file: Optional[str]):
     if not file:
         return None
     try:
-        return load_image(file)
-    except ImageError as error:
+        path = guard.uploaded(file, readable_roots())
+        with guard.model_slot():
+            return load_image(path, max_side=FILM_MAX_SIDE)
+    except (ImageError, guard.NotUploadedError, guard.BusyError) as error:
         gr.Warning(str(error))
         return None
 
@@ -295,11 +306,11 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
         model.change(about, inputs=model, outputs=[card, plots, notice], api_visibility="private")
         demo.load(about, inputs=model, outputs=[card, plots, notice], api_visibility="private")
         demo.load(more_examples, outputs=more, api_visibility="private")
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
+    demo.queue(default_concurrency_limit=guard.MAX_CONCURRENT, max_size=64)
     return demo
 
 
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.launch(max_file_size=MAX_FILE_BYTES, show_error=True)
+    demo.launch(max_file_size=MAX_FILE_BYTES, show_error=True, app_kwargs={"middleware": [guard.middleware()]})

@@ -2,6 +2,7 @@
 
     from pneumo_hf.imaging import load_image
     image = load_image("scan.dcm")        # PIL.Image in mode "RGB", EXIF orientation applied
+    image = load_image("scan.dcm", max_side=1024)   # at most 1,024 px a side, reduced as it is decoded (the Space)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,29 +21,33 @@ from .errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm", ".dicom")
 MAX_FILE_BYTES = 50 * 1024 * 1024
-MAX_PIXELS = 60_000_000
+# 25 megapixels: the largest flat-panel detectors are 43 x 43 cm at about 100 um (4,300 x 4,300 = 18.5 MP), computed
+# radiography plates 35 x 43 cm (about 3,500 x 4,300); docs/app.md gives the memory this bounds.
+MAX_PIXELS = 25_000_000
 MIN_SIDE = 16
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageError", "load_image", "film_files", "hidden_in", "is_dicom_file", "is_film_file", "xray_warnings", "IMAGE_SUFFIXES", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
+__all__ = ["ImageError", "load_image", "displayed_grey", "film_files", "hidden_in", "is_dicom_file", "is_film_file", "xray_warnings", "IMAGE_SUFFIXES", "MAX_FILE_BYTES", "MAX_PIXELS", "MIN_SIDE"]
 
 
 class ImageError(UserError, ValueError):
     """An input that cannot be read as an image; the message says what to do."""
 
 
-def load_image(source: ImageSource) -> Image.Image:
-    """Read `source` into an 8-bit RGB PIL image, or raise `ImageError` with a one-line reason."""
+def load_image(source: ImageSource, max_side: Optional[int] = None) -> Image.Image:
+    """Read `source` into an 8-bit RGB PIL image, or raise `ImageError` with a one-line reason. With `max_side`, an
+    image larger than that on a side is reduced as it is decoded (JPEG's draft mode; DICOM pixels block-averaged once
+    read, before the LUTs; other formats right after decoding): memory stays within the decoded pixels' own size."""
     if isinstance(source, Image.Image):
-        image = _normalise(source)
+        image = _normalise(source, max_side)
     elif isinstance(source, np.ndarray):
-        image = _from_array(source)
+        image = _from_array(_block_mean(np.asarray(source), max_side))
     else:
         data = _read_bytes(source)
-        image = _from_dicom(data) if _is_dicom(data, source) else _from_encoded(data)
+        image = _from_dicom(data, max_side) if _is_dicom(data, source) else _from_encoded(data, max_side)
     if min(image.size) < MIN_SIDE:
         raise ImageError(f"The image is only {image.width}x{image.height} pixels; upload an X-ray at least {MIN_SIDE} pixels on each side.")
     return image
@@ -98,13 +103,15 @@ def _is_dicom(data: bytes, source: object) -> bool:
     return data[128:132] == b"DICM" or named_dicom
 
 
-def _from_encoded(data: bytes) -> Image.Image:
+def _from_encoded(data: bytes, max_side: Optional[int] = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             _check_pixels(image.width, image.height)
             image.seek(0)  # first frame of an animated GIF/WebP/TIFF
+            if max_side:
+                image.draft(None, (max_side, max_side))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale; others ignore it
             image.load()
     except ImageError:
         raise
@@ -114,7 +121,7 @@ def _from_encoded(data: bytes) -> Image.Image:
         raise ImageError("This file is not an image we can read; upload a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM (.dcm) X-ray.") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"The image file is damaged or truncated ({error}); export the X-ray again.") from error
-    return _normalise(image)
+    return _normalise(image, max_side)
 
 
 def _check_pixels(width: int, height: int) -> None:
@@ -122,9 +129,12 @@ def _check_pixels(width: int, height: int) -> None:
         raise ImageError(f"The image is {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit; downscale it before uploading.")
 
 
-def _normalise(image: Image.Image) -> Image.Image:
-    """EXIF orientation, then any mode (16-bit, float, palette, RGBA, CMYK, 1-bit) → RGB."""
+def _normalise(image: Image.Image, max_side: Optional[int] = None) -> Image.Image:
+    """EXIF orientation, at most `max_side` a side, then any mode (16-bit, float, palette, RGBA, CMYK, 1-bit) → RGB."""
     _check_pixels(image.width, image.height)
+    if max_side and max(image.size) > max_side:
+        image = image.copy() if image.mode != "P" else image.convert("RGBA" if "transparency" in image.info else "RGB")
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)  # block means first, in place
     image = ImageOps.exif_transpose(image)
     if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
         return _from_array(np.asarray(image))
@@ -168,9 +178,8 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 DICOM_KEYWORDS = ("PixelData", "SOPClassUID", "Modality", "Rows", "StudyInstanceUID", "PatientID")  # any real data set has some
 
 
-def _from_dicom(data: bytes) -> Image.Image:
+def _from_dicom(data: bytes, max_side: Optional[int] = None) -> Image.Image:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     has_header = data[128:132] == b"DICM"
     if not has_header and _is_encoded_image(data):  # a JPEG or PNG saved under a .dcm name
@@ -199,14 +208,39 @@ def _from_dicom(data: bytes) -> Image.Image:
         raise ImageError(f"The DICOM pixels, {stored}, cannot be decoded here ({error}); export the film uncompressed, or as JPEG Lossless, JPEG-LS, JPEG 2000 or RLE.") from error
     if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric.startswith("MONOCHROME"):
-        pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
-        low, high = float(pixels.min()), float(pixels.max())
-        pixels = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
-        if photometric == "MONOCHROME1":
-            pixels = 1.0 - pixels
+    pixels = _block_mean(pixels, max_side)
+    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME"):
+        pixels = displayed_grey(pixels, dataset)
     return _from_array(pixels)
+
+
+def displayed_grey(pixels: np.ndarray, dataset) -> np.ndarray:
+    """A grey film's stored values as they are displayed, in [0, 1] (0 black), in the order of the standard's
+    grayscale pipeline (PS3.4 N.2): the modality LUT or rescale, the VOI LUT or window, then the presentation LUT:
+    its sequence or its shape (INVERSE turns the film over); MONOCHROME1 is turned over once, by its INVERSE shape (as
+    DX films carry it) or, with none or IDENTITY, by its photometric interpretation."""
+    from pydicom.pixels import apply_modality_lut, apply_presentation_lut, apply_voi_lut
+
+    values = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset)
+    values = apply_presentation_lut(values, dataset).astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    shape = str(dataset.get("PresentationLUTShape", "")).strip().upper()
+    if dataset.get("PhotometricInterpretation") == "MONOCHROME1" and shape != "INVERSE" and "PresentationLUTSequence" not in dataset:
+        values = 1.0 - values
+    return values
+
+
+def _block_mean(pixels: np.ndarray, max_side: Optional[int]) -> np.ndarray:
+    """`pixels` (HxW or HxWxC) averaged over k x k blocks, k the smallest integer that brings both sides within
+    `max_side` (the input's own type kept); unchanged when it fits or `max_side` is None."""
+    if not max_side or pixels.ndim < 2 or max(pixels.shape[:2]) <= max_side:
+        return pixels
+    k = -(-max(pixels.shape[:2]) // max_side)
+    height, width = pixels.shape[0] // k, pixels.shape[1] // k
+    blocks = pixels[: height * k, : width * k].reshape(height, k, width, k, *pixels.shape[2:])
+    mean = blocks.mean(axis=(1, 3), dtype=np.float32)
+    return np.round(mean).astype(pixels.dtype) if np.issubdtype(pixels.dtype, np.integer) else mean.astype(pixels.dtype)
 
 
 NOT_DICOM = ("This file is named like a DICOM file but is not one (no DICOM header, no DICOM elements); upload the X-ray "

@@ -51,7 +51,7 @@ def first_difference(found: Any, expected: Any, where: str = "") -> Optional[str
                 return difference
         return None
     if isinstance(expected, list) and isinstance(found, list) and len(found) == len(expected):
-        for index, (one, other) in enumerate(zip(found, expected)):
+        for index, (one, other) in enumerate(zip(found, expected, strict=True)):
             difference = first_difference(one, other, f"{where}[{index}]")
             if difference:
                 return difference

@@ -256,3 +256,36 @@ def test_undecodable_dicom_names_its_transfer_syntax():
     dataset.file_meta.TransferSyntaxUID = uid.MPEG2MPML
     with pytest.raises(ImageError, match=r"MPEG2.*1\.2\.840\.10008\.1\.2\.4\.100"):
         load_image(dicom_bytes(dataset))
+
+
+def test_dicom_display_pipeline_step_by_step():
+    """Modality LUT, VOI window, presentation LUT shape and MONOCHROME1, in the standard's order (issue 41)."""
+    plain = grey_of(load_image(make_dicom(GREY)))
+    # the modality step: stored values 4x + 100 through RescaleSlope 0.25, RescaleIntercept -25 are the film again
+    assert np.abs(grey_of(load_image(make_dicom(GREY.astype(np.uint16) * 4 + 100, slope=0.25, intercept=-25))) - plain).max() <= 1
+    # the VOI step: a window over the darker half of the values saturates the brighter half to white
+    windowed = dicom_dataset(GREY)
+    windowed.WindowCenter, windowed.WindowWidth = float(np.median(GREY)) / 2, float(np.median(GREY))
+    shown = grey_of(load_image(dicom_bytes(windowed)))
+    assert (shown[GREY > np.median(GREY)] >= 250).all() and shown.min() <= 5
+    # the presentation step: a MONOCHROME2 film whose Presentation LUT Shape is INVERSE is shown as its negative
+    inverse = dicom_dataset(GREY)
+    inverse.PresentationLUTShape = "INVERSE"
+    assert np.abs(grey_of(load_image(dicom_bytes(inverse))) - (255 - plain)).max() <= 1
+    # MONOCHROME1 is turned over once: by its photometric interpretation, or by the INVERSE shape DX films carry
+    for shape in (None, "INVERSE", "IDENTITY"):
+        monochrome1 = dicom_dataset(255 - GREY, photometric="MONOCHROME1")
+        if shape:
+            monochrome1.PresentationLUTShape = shape
+        assert np.abs(grey_of(load_image(dicom_bytes(monochrome1))) - plain).max() <= 1, shape
+
+
+def test_max_side_reduces_as_it_decodes_and_keeps_the_picture():
+    big = np.kron(GREY, np.ones((40, 40), np.uint8))  # 2,560 x 1,920
+    for data in (encode(Image.fromarray(big), "PNG"), encode(Image.fromarray(big), "JPEG", quality=95), make_dicom(big.astype(np.uint16) * 16)):
+        image = load_image(data, max_side=512)
+        assert max(image.size) <= 512 and image.size[0] / image.size[1] == pytest.approx(48 / 64, rel=0.02)
+        small = np.asarray(image.convert("L").resize((48, 64), Image.BILINEAR), dtype=np.int16)
+        reference = np.asarray(load_image(data).convert("L").resize((48, 64), Image.BILINEAR), dtype=np.int16)
+        assert np.abs(small - reference).mean() < 3
+    assert load_image(encode(Image.fromarray(GREY), "PNG"), max_side=512).size == (48, 64)  # small films unchanged
