@@ -35,13 +35,23 @@ CHECK_NOTE = (
 )
 
 
+def percent(probability: float) -> str:
+    """A probability as a person reads it, never "100.0%" or "0.0%": "> 99.9%" and "< 0.1%" at the ends (a model's
+    probability is never certainty; the JSON keeps the number)."""
+    if probability >= 0.9995:
+        return "> 99.9%"
+    if probability < 0.0005:
+        return "< 0.1%"
+    return f"{probability:.1%}"
+
+
 def describe(prediction: Optional[Prediction]) -> str:
     """What sits beside the decision: the calibrated probability, the threshold, and any warning."""
     if prediction is None:
         return ""
     pneumonia = prediction.probabilities[LABELS[1]]
     lines = [f"⚠️ **{warning}**" for warning in prediction.warnings]
-    lines += [f"Calibrated PNEUMONIA probability **{pneumonia:.1%}**; the model says PNEUMONIA from **{prediction.threshold:.1%}** up, so this film is **{prediction.label}**."]
+    lines += [f"Calibrated PNEUMONIA probability **{percent(pneumonia)}**; the model says PNEUMONIA from **{prediction.threshold:.1%}** up, so this film is **{prediction.label}**."]
     return "\n\n".join(lines)
 
 

@@ -110,3 +110,14 @@ def test_the_readme_results_table_quotes_the_model_folder():
     assert f"{100 * DOMAIN['crossfit_flagged']['mean']:.1f} % in a\npatient-grouped cross-fit" in table
     assert f"{100 * adult_check_share()['flagged']:.1f} % of `adult_check`" in table
     assert "0.960" not in table and "NIH" not in table  # the maintainers' figures of the previous weights are not this model's
+
+
+def test_the_sentence_never_says_100_or_0_percent():
+    from PIL import Image
+
+    from pneumo_hf import Prediction
+
+    assert [page.percent(p) for p in (0.99996, 0.9994, 0.5, 0.0006, 0.00001)] == ["> 99.9%", "99.9%", "50.0%", "0.1%", "< 0.1%"]
+    sure = Prediction({"NORMAL": 0.00002, "PNEUMONIA": 0.99998}, "PNEUMONIA", 0.7, Image.new("RGB", (16, 16)))
+    sentence = page.describe(sure)
+    assert "**> 99.9%**" in sentence and "100.0%" not in sentence
