@@ -163,7 +163,7 @@ def evaluate(archive: str, model_name: str) -> tuple[dict[str, Any], str]:
         model_name: Which of the served models answers; leave it at its default.
 
     Returns:
-        A JSON object {n, accuracy, roc_auc, sensitivity, specificity, ece, threshold, confusion: {tn, fp, fn, tp},
+        A JSON object {n, accuracy, roc_auc, sensitivity, specificity, ece, ece_pneumonia, threshold, confusion: {tn, fp, fn, tp},
         errors: [{file, error}], notes}; then a per-film CSV.
     """
     return check_films(archive, model_name)[:2]

@@ -56,7 +56,7 @@ def score_split(classifier: PneumoniaClassifier, batches, accelerator: Optional[
     train/write_card.py and the experiments."""
     views = classifier.test_time_views if views is None else views
     logits, labels = evaluate(classifier, batches, accelerator or Accelerator(), views)
-    return metrics.probabilities(logits, classifier.temperature)[:, 1], labels
+    return metrics.probabilities(logits, classifier.temperature, classifier.intercept)[:, 1], labels
 
 
 def split_loader(classifier: PneumoniaClassifier, dataset: datasets.Dataset, batch_size: int = 64):
@@ -119,13 +119,14 @@ def finalize(
     folder = ModelFolder(output_dir)
     logits, labels = validation
     classifier.temperature, classifier.threshold = calibration or fit_calibration(logits, labels, min_sensitivity)
+    classifier.intercept = 0.0  # a training run's calibration is the temperature alone (`pneumo-hf calibrate` fits Platt's)
     storage = storage or {"dtype": "float32", "fp16_max_change": None}
-    scores = metrics.probabilities(logits, classifier.temperature)[:, 1]
+    scores = metrics.probabilities(logits, classifier.temperature, classifier.intercept)[:, 1]
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
     classifier.save_pretrained(folder.path, half=half)
     figures = {}
     if test_dev is not None:
-        test_scores = metrics.probabilities(test_dev[0], classifier.temperature)[:, 1]
+        test_scores = metrics.probabilities(test_dev[0], classifier.temperature, classifier.intercept)[:, 1]
         test_dev_found = metrics.classification_metrics(test_dev[1], test_scores, classifier.threshold)
         logger.info("test_dev: ROC-AUC %.4f, accuracy %.4f, sensitivity %.4f, specificity %.4f (%d films).", test_dev_found["roc_auc"], test_dev_found["accuracy"], test_dev_found["recall"], test_dev_found["specificity"], test_dev_found["n"])
         metrics.plot_split(test_dev[1], test_scores, classifier.threshold, folder.path, "test_dev", "Official test split, half A")

@@ -83,9 +83,12 @@ class ModelFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         self.file(name).write_text(json.dumps(content, indent=2))
 
-    def set_calibration(self, temperature: float, threshold: float) -> None:
-        """A new temperature and decision threshold in config.json; the weights stay as they are."""
-        self.write(CONFIG, {**self.read(CONFIG), "decision_threshold": threshold, "calibration_temperature": temperature})
+    def set_calibration(self, temperature: float, threshold: float, intercept: float = 0.0) -> None:
+        """A new temperature (and Platt intercept, stored only when not 0) and decision threshold in config.json; the
+        weights stay as they are."""
+        config = {key: value for key, value in self.read(CONFIG).items() if key != "calibration_intercept"}
+        config.update({"decision_threshold": threshold, "calibration_temperature": temperature, **({"calibration_intercept": intercept} if intercept else {})})
+        self.write(CONFIG, config)
 
     def domain_check_tensors(self) -> dict:
         from safetensors.torch import load_file

@@ -146,7 +146,10 @@ class Predictor:
             maps = [None] * len(pixel_values)
             with torch.inference_mode():
                 logits = logits_with_views(self.classifier, pixel_values, views)
-        return torch.softmax(logits.float() / self.classifier.temperature, dim=1).cpu().numpy(), list(maps)
+        scaled = logits.float() / self.classifier.temperature
+        if self.classifier.intercept:  # Platt's, on the PNEUMONIA logit (metrics.probabilities)
+            scaled[:, LABEL2ID[POSITIVE_LABEL]] += self.classifier.intercept
+        return torch.softmax(scaled, dim=1).cpu().numpy(), list(maps)
 
     def decide(self, pneumonia: float) -> str:
         """The label at the model's stored threshold for a PNEUMONIA probability."""

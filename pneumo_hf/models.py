@@ -58,6 +58,7 @@ class PneumoniaClassifier(nn.Module):
         threshold: float = 0.5,
         temperature: float = 1.0,
         trained_from_scratch: bool = True,
+        intercept: float = 0.0,
         test_time_views: Sequence[str] = (),
         base_model: Optional[str] = None,
         base_model_revision: Optional[str] = None,
@@ -69,6 +70,7 @@ class PneumoniaClassifier(nn.Module):
         self.data_config = data_config
         self.threshold = threshold
         self.temperature = temperature
+        self.intercept = intercept  # Platt's, added to the PNEUMONIA logit after the temperature (0: temperature alone)
         self.trained_from_scratch = trained_from_scratch
         self.test_time_views = tuple(test_time_views)
         self.base_model = base_model  # the checkpoint it was fine-tuned from: a Hub id, or a local folder
@@ -102,6 +104,7 @@ class PneumoniaClassifier(nn.Module):
         extras = {
             "decision_threshold": self.threshold,
             "calibration_temperature": self.temperature,
+            **({"calibration_intercept": self.intercept} if self.intercept else {}),
             "test_time_views": list(self.test_time_views),
             "trained_from_scratch": self.trained_from_scratch,
             **({"base_model": self.base_model, "base_model_revision": self.base_model_revision} if self.base_model else {}),
@@ -128,6 +131,7 @@ class PneumoniaClassifier(nn.Module):
         extras = {
             "threshold": float(config.get("decision_threshold", 0.5)),
             "temperature": float(config.get("calibration_temperature", 1.0)),
+            "intercept": float(config.get("calibration_intercept", 0.0)),
             "trained_from_scratch": bool(config.get("trained_from_scratch", True)),
             "test_time_views": tuple(config.get("test_time_views", ())),
             "base_model": config.get("base_model"),

@@ -180,6 +180,7 @@ def summarise(rows: list[dict], threshold: float) -> dict[str, Any]:
         "sensitivity": figure("recall") if (labels == 1).any() else None,  # undefined without films of the label
         "specificity": figure("specificity") if (labels == 0).any() else None,
         "ece": figure("ece"),
+        "ece_pneumonia": metrics.positive_calibration_error(labels, scores) if scored else None,  # 10 bins of P(PNEUMONIA)
         "threshold": threshold,
         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
         "errors": [{"file": row["path"], "error": row["error"]} for row in rows if row["error"]],

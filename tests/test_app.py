@@ -337,7 +337,7 @@ def test_evaluate_endpoint_returns_the_figures_then_the_per_film_csv(default_ser
 
     client = Client(default_server, verbose=False)
     summary, table = client.predict(handle_file(str(films_zip(tmp_path / "films.zip", {"site/NORMAL/broken.jpeg": b"x"}))), api_name="/evaluate")
-    assert set(summary) == {"n", "accuracy", "roc_auc", "sensitivity", "specificity", "ece", "threshold", "confusion", "errors", "notes"}
+    assert set(summary) == {"n", "accuracy", "roc_auc", "sensitivity", "specificity", "ece", "ece_pneumonia", "threshold", "confusion", "errors", "notes"}
     assert summary["n"] == 8 and sum(summary["confusion"].values()) == 8 and [error["file"] for error in summary["errors"]] == ["site/NORMAL/broken.jpeg"]
     lines = Path(table).read_text().splitlines()
     assert lines[0].endswith(",error,label") and len(lines) == 1 + 9

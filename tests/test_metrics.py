@@ -49,3 +49,31 @@ def test_mean_and_spread_is_mean_plus_minus_sample_standard_deviation():
     assert mean_and_spread([0.967, 0.973]) == "0.970 ± 0.004"
     assert mean_and_spread([0.5]) == "0.500"
     assert mean_and_spread([]) == "—"
+
+
+def test_platt_reproduces_scikit_learns_logistic_regression_on_the_logits():
+    from sklearn.linear_model import LogisticRegression
+
+    from pneumo_hf.metrics import fit_platt
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    logits = np.stack([rng.normal(0, 1, 400), rng.normal(0, 1, 400) + 2.5 * labels + 1.0], axis=1)  # leans to PNEUMONIA
+    temperature, intercept = fit_platt(logits, labels)
+    reference = LogisticRegression(C=np.inf, max_iter=1000).fit((logits[:, 1] - logits[:, 0]).reshape(-1, 1), labels)
+    assert probabilities(logits, temperature, intercept)[:, 1] == pytest.approx(reference.predict_proba((logits[:, 1] - logits[:, 0]).reshape(-1, 1))[:, 1], abs=1e-9)
+    assert intercept < 0  # it takes back the lean that a temperature, with no intercept, cannot
+    assert probabilities(logits, 1.7)[:, 1] == pytest.approx(probabilities(logits, 1.7, 0.0)[:, 1], abs=0)  # temperature alone as before
+
+
+def test_a_site_with_a_shifted_balance_gets_a_better_ece_of_p_pneumonia_from_platt_than_from_a_temperature():
+    from pneumo_hf.calibration import crossfit
+
+    rng = np.random.default_rng(1)
+    labels = (rng.random(300) < 0.3).astype(int)  # 30 % PNEUMONIA where the model expects more
+    logits = np.stack([np.zeros(300), 2.0 * labels - 0.2 + 1.5 + rng.normal(0, 1.2, 300)], axis=1)
+    patients = np.arange(300)
+    stored = (1.0, 0.0, 0.5)
+    platt = crossfit(logits, labels, patients, 0.9, stored, repeats=5, method="platt")
+    temperature = crossfit(logits, labels, patients, 0.9, stored, repeats=5, method="temperature")
+    assert platt["refit"]["ece_pneumonia"] < temperature["refit"]["ece_pneumonia"] < platt["stored"]["ece_pneumonia"]

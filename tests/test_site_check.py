@@ -107,6 +107,8 @@ def test_the_figures_equal_scikit_learns_on_the_predictors_outputs_and_evaluates
     assert [[summary["confusion"]["tn"], summary["confusion"]["fp"]], [summary["confusion"]["fn"], summary["confusion"]["tp"]]] == measured["confusion_matrix"]
     for ours, theirs in (("accuracy", "accuracy"), ("roc_auc", "roc_auc"), ("sensitivity", "recall"), ("specificity", "specificity"), ("ece", "ece")):
         assert summary[ours] == pytest.approx(measured[theirs], abs=1e-5), ours
+    bins = np.minimum((scores * 10).astype(int), 9)  # the new key: ECE of P(PNEUMONIA) itself over 10 bins
+    assert summary["ece_pneumonia"] == pytest.approx(sum((bins == b).mean() * abs(labels[bins == b].mean() - scores[bins == b].mean()) for b in set(bins)), abs=1e-6)
     header = (tmp_path / "films.csv").read_text().splitlines()[0]
     assert header == "path,decision,probability_NORMAL,probability_PNEUMONIA,threshold,warnings,error,label"
 
@@ -125,7 +127,14 @@ def test_calibrate_meets_the_sensitivity_keeps_the_weights_and_says_so(tmp_path)
     pneumonia = [film for film in films.rglob("*.jpeg") if film.parent.name == "PNEUMONIA"]
     assert all(prediction.label == "PNEUMONIA" for prediction in calibrated.predict_batch(pneumonia))  # sensitivity ≥ 1.0 on its folder
     assert report["after"]["recall"] >= 1.0 and report["crossfit"]["refit"]["halves"] == 4
+    # Platt's by default: the calibrated folder's P(PNEUMONIA) is sigmoid(logit difference / temperature + intercept)
+    assert report["method"] == "platt" and report["after"]["intercept"] != 0.0 and len(report["films_sha256"]) == 64
+    film = pneumonia[0]
+    before, after = load_predictor().predict(film).probabilities["PNEUMONIA"], calibrated.predict(film).probabilities["PNEUMONIA"]
+    difference = load_predictor().classifier.temperature * np.log(before / (1 - before))
+    assert after == pytest.approx(1 / (1 + np.exp(-(difference / report["after"]["temperature"] + report["after"]["intercept"]))), abs=1e-5)
     card = ModelCard.load(output / "README.md").text
+    assert "The calibration is Platt's" in card and report["films_sha256"][:12] in card
     assert "## Calibrated on a site's films" in card and f"| refit, on the same films (optimistic) | {report['after']['temperature']:.3f} | {report['after']['threshold']:.3f} |" in card
     assert calibrate.main(["--model", str(DEFAULT_MODEL_DIR), "--data_dir", str(films), "--output_dir", str(output)]) == 1  # not over a folder
 
