@@ -18,6 +18,7 @@ from PIL import Image
 from test_imaging import png_claiming
 
 from pneumo_hf import LABELS, load_predictor
+from pneumo_hf import page as page_text
 from pneumo_hf.examples import EXAMPLE_FILMS, find_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,7 +313,7 @@ def test_browser_fresh_clone_shows_example_thumbnails_and_the_decision_largest(d
             page.locator("input[type=file]").first.set_input_files(str(film))
             details = client.predict(handle_file(str(film)), api_name="/details")
             decision, pneumonia = details["decision"], details["probabilities"]["PNEUMONIA"]
-            page.locator("#decision").get_by_text(f"probability {pneumonia:.1%}; the model says PNEUMONIA from {details['threshold']:.1%} up, so this film is {decision}").wait_for(timeout=60_000)
+            page.locator("#decision").get_by_text(f"probability {page_text.percent(pneumonia)}; the model says PNEUMONIA from {details['threshold']:.1%} up, so this film is {decision}").wait_for(timeout=60_000)
             assert page.locator("[data-testid=label-output-value]").inner_text().strip() == decision
             for warning in details["warnings"]:  # the domain warning, if any, beside the decision
                 assert warning in page.locator("#decision").inner_text()
