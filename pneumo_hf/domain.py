@@ -36,7 +36,7 @@ from .models import ModelError, PneumoniaClassifier
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DOMAIN_WARNING", "DOMAIN_WARNINGS", "INVERTED_WARNING", "KINDS", "VERY_UNLIKE_WARNING", "DomainCheck", "crossfit_flagged", "cut_for", "default_grid", "embedding_model", "first_convolution", "film_statistics", "fit_domain_check", "pooled_embedding"]
+__all__ = ["DOMAIN_WARNING", "DOMAIN_WARNINGS", "INVERTED_WARNING", "KINDS", "VERY_UNLIKE_WARNING", "DomainCheck", "crossfit_flagged", "cut_for", "default_grid", "embedding_model", "first_convolution", "film_statistics", "fit_domain_check", "pooled_embedding", "reference_statistics", "with_site_films"]
 
 FEATURES = "first-conv channel mean, std, grid mean and mean magnitude (v2)"
 POOLED = "pooled embedding of the first member (v1)"  # for pretrained backbones: their features did not learn to ignore an adult's chest
@@ -136,7 +136,11 @@ class DomainCheck:
         return pooled_embedding(self.module, pixel_values)
 
     def distances(self, pixel_values: torch.Tensor, seen: bool = False) -> np.ndarray:
-        z = (self.features(pixel_values, seen) - self.statistics["mean"]) / self.statistics["scale"]
+        return self.distances_of(self.features(pixel_values, seen))
+
+    def distances_of(self, features: torch.Tensor) -> np.ndarray:
+        """Mahalanobis distances of features already taken (what `features` returns, float32)."""
+        z = (features.float() - self.statistics["mean"]) / self.statistics["scale"]
         centred = (z - self.statistics["location"]).double()
         return torch.einsum("bi,ij,bj->b", centred, self.statistics["precision"].double(), centred).clamp(min=0).sqrt().numpy()
 
@@ -202,6 +206,41 @@ def crossfit_flagged(distances: np.ndarray, halves, max_flagged: float) -> list[
     return [float(np.mean(distances[held] > cut_for(distances[fit], max_flagged))) for fit, held in halves]
 
 
+def reference_statistics(reference: torch.Tensor, estimator) -> tuple[dict[str, torch.Tensor], Any]:
+    """The check's statistics of a (films, features) reference: standardised, then `estimator`'s (a scikit-learn
+    covariance) location and precision; and the fitted estimator."""
+    reference = reference.double()
+    mean, scale = reference.mean(dim=0), reference.std(dim=0) + 1e-6
+    covariance = estimator.fit(((reference - mean) / scale).numpy())
+    statistics = {"mean": mean.float(), "scale": scale.float(), "location": torch.from_numpy(covariance.location_).float(), "precision": torch.from_numpy(covariance.precision_).float()}
+    return statistics, covariance
+
+
+def with_site_films(check: DomainCheck, train: np.ndarray, site: np.ndarray, halves) -> tuple[DomainCheck, dict[str, Any]]:
+    """A pooled check whose reference is the training films' embeddings plus a site's (`train`, `site`: (films,
+    features)), so that the site's films are in-domain; its cut keeps the stored check's `max_flagged` share of the
+    site's films, each film's distance measured with a reference fitted without its patient's half (`halves`: the
+    (fit, held-out) pairs of `patient_halves`). Returns the check and what it flags, before and after."""
+    from sklearn.covariance import LedoitWolf
+
+    if check.kind != POOLED:
+        raise ModelError("Only a pooled-embedding domain check can take a site's films into its reference; refit it with train/fit_domain_check.py.")
+    site_tensor = torch.from_numpy(site)
+    before = float(np.mean(check.distances_of(site_tensor) > check.cut))
+    held_out = np.zeros(len(site))
+    for fitted, held in halves:
+        check.statistics, _ = reference_statistics(torch.from_numpy(np.concatenate([train, site[fitted]])), LedoitWolf())
+        held_out[held] = check.distances_of(site_tensor[held])
+    max_flagged = float(check.info.get("max_flagged", 0.05))
+    check.statistics, covariance = reference_statistics(torch.from_numpy(np.concatenate([train, site])), LedoitWolf())
+    check.cut = cut_for(held_out, max_flagged)
+    check.info = {**check.info, "train_films": len(train) + len(site), "calibration": "the site's films, cross-fitted", "calibration_films": len(site),
+                  "calibration_flagged": float(np.mean(held_out > check.cut)), "shrinkage": round(float(covariance.shrinkage_), 6)}
+    check.info.pop("crossfit_flagged", None)
+    check.info.pop("reported", None)  # measured with the stored reference: no longer this check's
+    return check, {"site_flagged_before": before, "site_flagged_after_crossfitted": float(np.mean(held_out > check.cut)), "cut": check.cut}
+
+
 def fit_domain_check(
     classifier: PneumoniaClassifier,
     train_batches: Sequence[torch.Tensor],
@@ -229,14 +268,7 @@ def fit_domain_check(
         grid = grid or default_grid(module)
     check = DomainCheck(module, {}, cut=float("inf"), info={}, grid=grid, kind=features)
     train = torch.cat([check.features(batch) for batch in train_batches]).double()
-    mean, scale = train.mean(dim=0), train.std(dim=0) + 1e-6
-    covariance = (LedoitWolf() if kind == "pooled" else ShrunkCovariance(shrinkage=shrinkage)).fit(((train - mean) / scale).numpy())
-    check.statistics = {
-        "mean": mean.float(),
-        "scale": scale.float(),
-        "location": torch.from_numpy(covariance.location_).float(),
-        "precision": torch.from_numpy(covariance.precision_).float(),
-    }
+    check.statistics, covariance = reference_statistics(train, LedoitWolf() if kind == "pooled" else ShrunkCovariance(shrinkage=shrinkage))
     calibration = np.concatenate([check.distances(batch) for batch in calibration_batches])
     check.cut = cut_for(calibration, max_flagged)
     check.info = {

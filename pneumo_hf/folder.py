@@ -34,7 +34,7 @@ from typing import Any, Optional, Union
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ARGUMENTS", "BEST_MODEL", "CALIBRATION", "CARD", "CHECKPOINTS", "CONFIG", "DOMAIN_CHECK", "DOMAIN_CHECK_WEIGHTS", "MAINTAINERS",
+    "ADAPTATION", "ARGUMENTS", "BEST_MODEL", "CALIBRATION", "CARD", "CHECKPOINTS", "CONFIG", "DOMAIN_CHECK", "DOMAIN_CHECK_WEIGHTS", "MAINTAINERS",
     "PLOTTED_SPLITS", "PLOT_KINDS", "RESULTS", "SUMMARY", "TRAINING_CURVES", "WEIGHTS", "ModelFolder", "plot_name",
 ]
 
@@ -45,6 +45,7 @@ ARGUMENTS = "training_args.json"
 SUMMARY = "training_summary.json"
 CARD = "README.md"
 CALIBRATION = "calibration.json"
+ADAPTATION = "adaptation.json"
 MAINTAINERS = "maintainers_results.json"
 DOMAIN_CHECK = "domain_check.json"
 DOMAIN_CHECK_WEIGHTS = "domain_check.safetensors"

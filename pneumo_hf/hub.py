@@ -19,7 +19,7 @@ from huggingface_hub.constants import ENDPOINT, HF_HUB_OFFLINE
 
 from .checkpoints import weights_source_sentence
 from .errors import UserError
-from .folder import CALIBRATION, CARD, DOMAIN_CHECK, PLOT_KINDS, RESULTS, SUMMARY, TRAINING_CURVES, ModelFolder, plot_name
+from .folder import ADAPTATION, CALIBRATION, CARD, DOMAIN_CHECK, PLOT_KINDS, RESULTS, SUMMARY, TRAINING_CURVES, ModelFolder, plot_name
 from .labels import LABELS
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
     domain_check = folder.read(DOMAIN_CHECK)
     maintainers = folder.maintainers_results()
     calibration = folder.read(CALIBRATION)
+    adaptation = folder.read(ADAPTATION)
     model_id = model_id or summary.get("model_id")
     model_name = model_id or folder.path.name
     card_data = ModelCardData(
@@ -71,7 +72,7 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
         tags=["medical-imaging", "chest-x-ray", "pneumonia", "pneumo-hf"],
         model_name=model_name,
         base_model=_hub_id(summary.get("base_model")),
-        eval_results=_eval_results(metrics, test_dev),
+        eval_results=_eval_results(metrics, test_dev, adaptation),
     )
     card = ModelCard.from_template(
         card_data,
@@ -94,6 +95,7 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
         validation_plots=_plots(folder, "validation", "validation split") + _training_curves(folder),
         maintainers=_maintainers_table(maintainers) if maintainers else None,
         calibration=_calibration_table(calibration) if calibration else None,
+        adaptation=_adaptation_table(adaptation) if adaptation else None,
         domain_check=_readable_domain_check(domain_check) if domain_check else None,
         ensemble=summary["architecture"].startswith("pneumo_ensemble"),
         test_dev_confusion=" ".join(str(count) for row in test_dev["confusion_matrix"] for count in row) if test_dev else "",
@@ -115,6 +117,20 @@ def _maintainers_table(found: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "roc_auc", "sensitivity", "specificity", "ece", "domain_warned")
     splits = [{"name": row["name"], "films": row["films"], "cells": [cell(row, key) for key in keys]} for row in found["splits"]]
     return {**found, "splits": splits}
+
+
+def _adaptation_table(report: dict[str, Any]) -> dict[str, Any]:
+    """adaptation.json (written by `pneumo-hf adapt`) as the card's rows: accuracy, ROC-AUC, sensitivity, specificity
+    and both ECEs."""
+    keys = ("accuracy", "roc_auc", "recall", "specificity", "ece", "ece_pneumonia")
+    crossfit = report["crossfit"]
+    rows = [
+        ("stored model, on all the films", report["before"]),
+        (f"stored model, cross-fitted halves ({crossfit['stored']['halves']})", crossfit["stored"]),
+        (f"adapted, cross-fitted ({crossfit['adapted']['halves']} halves)", crossfit["adapted"]),
+    ]
+    votes = ", ".join(f"{name} {vote:.3f}" for name, vote in report["votes"].items())
+    return {**report, "votes_line": votes, "rows": [{"name": name, "cells": [f"{figures[key]:.3f}" for key in keys]} for name, figures in rows]}
 
 
 def _calibration_table(report: dict[str, Any]) -> dict[str, Any]:
@@ -224,11 +240,15 @@ def _storage_line(storage: dict[str, Any]) -> str:
     return "Weights stored in fp32."
 
 
-def _eval_results(validation: dict[str, Any], test_dev: Optional[dict[str, Any]]) -> list:
-    """`model-index` entries: the test_dev figures first when there are any, then validation."""
+def _eval_results(validation: dict[str, Any], test_dev: Optional[dict[str, Any]], adaptation: Optional[dict[str, Any]] = None) -> list:
+    """`model-index` entries: the test_dev figures first when there are any (cross-fitted where an adaptation learnt
+    from those films), then validation."""
     from huggingface_hub import EvalResult
 
-    splits = [("Chest X-ray pneumonia (official test split, half A)", "test", test_dev)] if test_dev else []
+    if adaptation and adaptation["data"] == readable_split("test_dev"):
+        splits = [("Chest X-ray pneumonia (official test split, half A; cross-fitted: the adapted head saw these films)", "test", adaptation["crossfit"]["adapted"])]
+    else:
+        splits = [("Chest X-ray pneumonia (official test split, half A)", "test", test_dev)] if test_dev else []
     splits.append(("Chest X-ray pneumonia (patient-grouped validation split of train)", "validation", validation))
     return [
         EvalResult(

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -64,14 +65,15 @@ def pooled_features(classifier: PneumoniaClassifier, films: torch.utils.data.Dat
     return features, labels
 
 
-def fit_linear_head(features: np.ndarray, labels: np.ndarray, c: float, seed: int = 0) -> tuple[np.ndarray, float]:
-    """A class-balanced logistic regression on standardised features (scikit-learn, L2 penalty `c`, to convergence),
-    folded back to the raw features: the PNEUMONIA logit is `features @ w + b`."""
+def fit_linear_head(features: np.ndarray, labels: np.ndarray, c: float, seed: int = 0, sample_weight: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
+    """A class-balanced logistic regression on standardised features (scikit-learn, L2 penalty `c`, to convergence,
+    each film weighted by `sample_weight` if given), folded back to the raw features: the PNEUMONIA logit is
+    `features @ w + b`."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(features)
-    regression = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed).fit(scaler.transform(features), labels)
+    regression = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed).fit(scaler.transform(features), labels, sample_weight=sample_weight)
     w = regression.coef_[0] / scaler.scale_
     b = float(regression.intercept_[0] - (w * scaler.mean_).sum())
     logger.info("Linear probe: logistic regression (C %g) on %d films × %d features, %d iterations, train accuracy %.4f.", c, *features.shape, int(regression.n_iter_[0]), regression.score(scaler.transform(features), labels))

@@ -25,6 +25,7 @@ __all__ = [
     "fit_temperature",
     "fit_platt",
     "positive_calibration_error",
+    "paired_bootstrap",
     "mean_and_spread",
     "probabilities",
     "plot_roc",
@@ -55,6 +56,26 @@ def fit_platt(logits: np.ndarray, labels: Sequence[int]) -> tuple[float, float]:
     if slope <= 0:  # the logits rank the films backwards: no scaling can calibrate them
         raise ValueError(f"Platt scaling found slope {slope:.3g} <= 0: the model ranks these films the wrong way round.")
     return 1.0 / slope, float(fitted.intercept_[0])
+
+
+def paired_bootstrap(labels: np.ndarray, patients: np.ndarray, candidate: tuple[np.ndarray, np.ndarray], baseline: tuple[np.ndarray, np.ndarray], resamples: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """ΔROC-AUC and Δaccuracy (candidate − baseline) with their 95 % intervals, resampling patients with replacement
+    (a patient's films move together). Each model is (scores, correct): P(PNEUMONIA) per film and how often its
+    decision was right (1/0, or a share over cross-fitted repeats). Returns {"delta_roc_auc": [low, estimate, high],
+    "delta_accuracy": [...]}."""
+    labels, patients = np.asarray(labels), np.asarray(patients)
+    groups = [np.flatnonzero(patients == patient) for patient in np.unique(patients)]
+    rng = np.random.default_rng(seed)
+
+    def deltas(index: np.ndarray) -> tuple[float, float]:
+        if len(np.unique(labels[index])) < 2:
+            return float("nan"), float("nan")
+        auc = skm.roc_auc_score(labels[index], candidate[0][index]) - skm.roc_auc_score(labels[index], baseline[0][index])
+        return float(auc), float(candidate[1][index].mean() - baseline[1][index].mean())
+
+    drawn = np.array([deltas(np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])) for _ in range(resamples)])
+    estimate = deltas(np.arange(len(labels)))
+    return {name: [float(np.nanpercentile(drawn[:, k], 2.5)), estimate[k], float(np.nanpercentile(drawn[:, k], 97.5))] for k, name in enumerate(("delta_roc_auc", "delta_accuracy"))}
 
 
 def positive_calibration_error(labels: Sequence[int], scores: Sequence[float], n_bins: int = 10) -> float:
