@@ -1,6 +1,8 @@
 """Heatmaps for PNEUMONIA: the class activation map in the prediction's own forward pass where the maths
 allows (a CNN whose head is global average pooling then one linear layer), else Grad-CAM through
-pytorch-grad-cam with the target layer and reshape transform chosen per model family.
+pytorch-grad-cam with the target layer and reshape transform chosen per model family. An ensemble's map is the whole
+ensemble's evidence: each member's map in logit units (its CAM, or HiResCAM at a Keras CNN's last ReLU) weighted as
+the ensemble averages the members' logits (docs/heatmap.md measures it against the others).
 
     from pneumo_hf.cam import HeatmapMaker, overlay
     maker = HeatmapMaker(classifier)
@@ -15,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
@@ -22,11 +25,12 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from .ensemble import Ensemble
+from .keras_cnn import KerasCNN
 from .labels import LABEL2ID, POSITIVE_LABEL
 from .models import PneumoniaClassifier
 from .tta import mean_over_views, with_views
 
-__all__ = ["target_layers", "class_activation_head", "HeatmapMaker", "overlay"]
+__all__ = ["HeatmapMaker", "class_activation_head", "ensemble_evidence", "grad_cam_scaled", "member_evidence", "overlay", "target_layers"]
 
 ReshapeTransform = Optional[Callable[[torch.Tensor], torch.Tensor]]
 POSITIVE_ID = LABEL2ID[POSITIVE_LABEL]
@@ -98,8 +102,6 @@ class HeatmapMaker:
         self.classifier = classifier
         self.head = class_activation_head(classifier)
         self.layers, self.reshape = target_layers(classifier)
-        backbone = classifier.backbone
-        self.member_heads = [_pooling_head(member) for member in backbone.members] if isinstance(backbone, Ensemble) else []
         self._grad_cam_lock = threading.Lock()  # grad-cam's hooks hold per-call state on the shared model
 
     def __call__(self, pixel_values: torch.Tensor, views: Sequence[str] = ()) -> tuple[np.ndarray, torch.Tensor]:
@@ -107,8 +109,8 @@ class HeatmapMaker:
         the images and their test-time `views`."""
         if self.head is not None:
             return self._class_activation_maps(pixel_values, views)
-        if any(head is not None for head in self.member_heads):
-            return self._ensemble_class_activation_maps(pixel_values, views)
+        if isinstance(self.classifier.backbone, Ensemble):
+            return self._ensemble_evidence_maps(pixel_values, views)
         maps, logits = self.grad_cam(pixel_values)
         if views:
             with torch.inference_mode():
@@ -124,24 +126,16 @@ class HeatmapMaker:
             logits = mean_over_views(backbone.forward_head(features), len(pixel_values))
             own = features[: len(pixel_values)].float()
             cams = torch.einsum("bkhw,k->bhw", own, self.head.weight[POSITIVE_ID].float()) / (own.shape[-2] * own.shape[-1])
-        return _scaled(cams.clamp(min=0).cpu().numpy(), pixel_values), logits
+        return grad_cam_scaled(cams.clamp(min=0).cpu().numpy(), pixel_values), logits
 
-    def _ensemble_class_activation_maps(self, pixel_values: torch.Tensor, views: Sequence[str]) -> tuple[np.ndarray, torch.Tensor]:
-        """The ensemble's forward pass (as `Ensemble.forward`, with the views in the batch), and the mean of the class
-        activation maps of the members whose head allows one (a member with a dense head adds to the logits only)."""
-        ensemble, count = self.classifier.backbone, len(pixel_values)
-        logits, maps = [], []
-        with torch.inference_mode():
-            for member, spec, head, batch in zip(ensemble.members, ensemble.specs, self.member_heads, ensemble.member_inputs(with_views(pixel_values, views)), strict=True):
-                if head is None:
-                    logits.append(member(batch) / spec["temperature"])
-                    continue
-                features = member.forward_features(batch)
-                logits.append(member.forward_head(features) / spec["temperature"])
-                own = features[:count].float()
-                cams = torch.einsum("bkhw,k->bhw", own, head.weight[POSITIVE_ID].float()) / (own.shape[-2] * own.shape[-1])
-                maps.append(_scaled(cams.clamp(min=0).cpu().numpy(), pixel_values))
-        return np.mean(maps, axis=0).astype(np.float32), mean_over_views(torch.stack(logits).mean(dim=0), count)
+    def _ensemble_evidence_maps(self, pixel_values: torch.Tensor, views: Sequence[str]) -> tuple[np.ndarray, torch.Tensor]:
+        """The ensemble's forward pass (as `Ensemble.forward`, with the views in the batch) and the whole ensemble's
+        evidence for PNEUMONIA: each member's map in logit units (`member_evidence`), weighted as the ensemble weighs
+        its logits (1 / (members · temperature), nested ensembles likewise), summed at the input's size; then the
+        positive part, scaled to [0, 1] per film."""
+        count = len(pixel_values)  # no lock: no hooks, and autograd.grad leaves the shared parameters' .grad alone
+        logits, evidence = ensemble_evidence(self.classifier.backbone, with_views(pixel_values, views), count, tuple(pixel_values.shape[-2:]))
+        return _unit_scaled(evidence.clamp(min=0).numpy()), mean_over_views(logits, count)
 
     def grad_cam(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """pytorch-grad-cam at `target_layers`: heatmaps and the logits of its forward pass."""
@@ -157,7 +151,54 @@ class HeatmapMaker:
         return np.clip(np.nan_to_num(maps), 0.0, 1.0).astype(np.float32), logits
 
 
-def _scaled(cams: np.ndarray, pixel_values: torch.Tensor) -> np.ndarray:
+def ensemble_evidence(ensemble: Ensemble, batch: torch.Tensor, count: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits of the whole batch as `Ensemble.forward` gives them, the evidence maps of its first `count` films at
+    `size` in logit units): the members' `member_evidence` weighted as their logits are averaged."""
+    logits, evidence = [], torch.zeros(count, *size)
+    for member, spec, inputs in zip(ensemble.members, ensemble.specs, ensemble.member_inputs(batch), strict=True):
+        weight = 1.0 / (len(ensemble.members) * spec["temperature"])
+        if isinstance(member, Ensemble):
+            member_logits, member_map = ensemble_evidence(member, inputs, count, size)
+        else:
+            member_logits, member_map = member_evidence(member, inputs, count)
+            member_map = F.interpolate(member_map[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        logits.append(member_logits * weight * len(ensemble.members))
+        evidence += weight * member_map
+    return torch.stack(logits).mean(dim=0), evidence
+
+
+def member_evidence(member: nn.Module, batch: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits of the batch, the first `count` films' evidence map for the PNEUMONIA − NORMAL logit at the member's last
+    feature map, in logit units, before any ReLU). A CNN whose head is average pooling then a linear layer: its class
+    activation map, exact, from the forward pass alone. The Keras CNN: HiResCAM (gradient × activation, summed over
+    channels) at its last ReLU, one backward pass; for its dense head that is the first-order share of the logit."""
+    head = _pooling_head(member)
+    if head is not None:
+        with torch.inference_mode():
+            features = member.forward_features(batch)
+            logits = member.forward_head(features)
+            own = features[:count].float()
+            direction = (head.weight[POSITIVE_ID] - head.weight[1 - POSITIVE_ID]).float()
+            return logits, torch.einsum("bkhw,k->bhw", own, direction) / (own.shape[-2] * own.shape[-1])
+    if isinstance(member, KerasCNN):
+        with torch.enable_grad():
+            *early, last = member.blocks
+            convolved = last[0](nn.Sequential(*early)(batch) if early else batch)
+            activation = torch.relu(convolved)
+            logits = member.forward_head(last[2](activation))
+            margin = logits[:count, POSITIVE_ID] - logits[:count, 1 - POSITIVE_ID]
+            gradient, = torch.autograd.grad(margin.sum(), activation)
+            return logits.detach(), (gradient[:count] * activation[:count]).sum(dim=1).detach()
+    raise ValueError(f"No evidence map for an ensemble member of type {type(member).__name__}: a pooling-head CNN or keras_cnn.")
+
+
+def _unit_scaled(maps: np.ndarray) -> np.ndarray:
+    """Each map divided by its maximum (0 stays 0): [0, 1] with the strongest evidence at 1."""
+    peaks = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
+    return np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0).astype(np.float32)
+
+
+def grad_cam_scaled(cams: np.ndarray, pixel_values: torch.Tensor) -> np.ndarray:
     """grad-cam's own post-processing of one layer's maps: min-max per map, resized to the input, then again."""
     size = (pixel_values.shape[-1], pixel_values.shape[-2])
     maps = np.maximum(scale_cam_image(cams, size), 0)

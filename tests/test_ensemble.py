@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import HfArgumentParser
 
 from pneumo_hf import load_predictor
-from pneumo_hf.cam import HeatmapMaker
+from pneumo_hf.cam import HeatmapMaker, grad_cam_scaled, member_evidence
 from pneumo_hf.ensemble import member_spec
 from pneumo_hf.models import PneumoniaClassifier, build_classifier
 from pneumo_hf.training import TrainingArguments, train
@@ -49,15 +49,45 @@ def test_each_member_gets_the_film_as_its_own_preprocessing_makes_it():
         assert torch.allclose(ensemble(as_first), expected, atol=1e-5)
 
 
-def test_ensemble_heatmap_is_the_pooling_members_map_from_the_same_forward_pass():
-    first, _, ensemble = random_ensemble()
-    classifier = PneumoniaClassifier(ensemble, "timm", dict(first.data_config), test_time_views=("hflip",))
+def test_a_pooling_members_evidence_adds_up_to_its_logit_margin():
+    first, _, _ = random_ensemble()
     pixel_values = torch.randn(2, 3, 64, 64)
+    logits, evidence = member_evidence(first.backbone, pixel_values, 2)
+    head = first.backbone.get_classifier()
+    # the class activation map of the PNEUMONIA − NORMAL row: its cells sum to the margin, less the head's bias
+    assert torch.allclose(evidence.sum(dim=(1, 2)) + head.bias[1] - head.bias[0], logits[:, 1] - logits[:, 0], atol=1e-4)
+
+
+def test_a_keras_members_evidence_is_pytorch_grad_cams_hirescam_at_its_last_relu():
+    from pytorch_grad_cam import HiResCAM
+
+    _, second, _ = random_ensemble()
+    member = second.backbone
+    pixel_values = torch.rand(2, 3, 48, 48)
+    _, evidence = member_evidence(member, pixel_values, 2)
+    reference = HiResCAM(model=member, target_layers=[member.blocks[-1][1]])
+    expected = reference(input_tensor=pixel_values, targets=[lambda output: output[1] - output[0]] * 2)
+    reference.activations_and_grads.release()
+    assert np.allclose(grad_cam_scaled(evidence.clamp(min=0).numpy(), pixel_values), expected, atol=1e-4)
+
+
+def test_the_ensemble_map_weighs_its_members_as_it_weighs_their_logits_and_follows_the_film():
+    torch.manual_seed(0)  # random members whose maps hold evidence for PNEUMONIA in both films
+    first, second, ensemble = random_ensemble()
+    classifier = PneumoniaClassifier(ensemble, "timm", dict(first.data_config), test_time_views=("hflip",))
+    pixel_values = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     maps, logits = HeatmapMaker(classifier)(pixel_values, classifier.test_time_views)
-    first_maps, _ = HeatmapMaker(first)(pixel_values)  # the ResNet's own one-pass map; keras_cnn's dense head has none
-    assert np.allclose(maps, first_maps, atol=1e-5)
+    assert (maps.max(axis=(1, 2)) == 1.0).all()  # some evidence for PNEUMONIA in both films: the comparison below means something
+    inputs = ensemble.member_inputs(pixel_values)
+    combined = torch.zeros(2, 64, 64)
+    for member, inputs_of, weight in ((first.backbone, inputs[0], 1 / (2 * 1.0)), (second.backbone, inputs[1], 1 / (2 * 2.0))):  # 1 / (members · temperature)
+        combined += weight * torch.nn.functional.interpolate(member_evidence(member, inputs_of, 2)[1][:, None], size=(64, 64), mode="bilinear")[:, 0]
+    combined = combined.clamp(min=0)
+    assert np.allclose(maps, (combined / combined.amax(dim=(1, 2), keepdim=True)).numpy(), atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(logits, logits_with_views(classifier, pixel_values, ("hflip",)), atol=1e-5)
+    other, _ = HeatmapMaker(classifier)(torch.flip(pixel_values, dims=(-1,)))
+    assert not np.allclose(other, maps, atol=0.05)  # another film, another map
 
 
 @pytest.fixture(scope="module")
