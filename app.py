@@ -39,6 +39,13 @@ from pneumo_hf.site_check import ArchiveError, check_archive
 
 DEFAULT = "default (shipped in pneumo_hf)"
 KEEP_FILES_SECONDS = int(os.environ.get("PNEUMO_KEEP_FILES_SECONDS", 600))  # uploads and outputs, then deleted
+# Film and heatmap on the slider: Gradio 6.31 lays each image out 500 px high in a 420 px box (the film cropped, the
+# heatmap 41 px above it); both fill the box instead, the whole film shown at any aspect ratio (tests/test_app.py).
+SLIDER_CSS = """
+#film-heatmap .content { display: block; position: relative; height: 100%; }
+#film-heatmap .content img { position: absolute; top: 0; left: 0; width: 100% !important; height: 100% !important;
+  max-width: 100% !important; max-height: 100% !important; object-fit: contain; transform: none; }
+"""
 FILM_MAX_SIDE = 1024  # films are reduced to this as they are decoded: the page's overlay, and a bounded memory per film
 
 
@@ -260,9 +267,10 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
                     label = DecisionLabel(label="Decision (calibrated probabilities below)", num_top_classes=2, elem_id="decision-label")
                     decision = gr.Markdown(elem_id="decision")
                     slider = gr.ImageSlider(
-                        label="Film ◀ drag ▶ heatmap (red: where the model looked for PNEUMONIA)", type="filepath", interactive=False, height=420,
+                        label="Film ◀ drag ▶ heatmap (red: the model's strongest evidence for PNEUMONIA)", type="filepath", interactive=False, height=420,
                         buttons=["fullscreen"], elem_id="film-heatmap",
                     )
+                    gr.Markdown(page.HEATMAP_NOTE, elem_id="heatmap-note")
                     heatmap = gr.File(label="Heatmap over the film (JPEG)", interactive=False, elem_id="heatmap-file")
                     with gr.Accordion("For programmers: what /details returns for this film", open=False):
                         details_json = gr.JSON(label="details")
@@ -313,4 +321,4 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.launch(max_file_size=MAX_FILE_BYTES, show_error=True, app_kwargs={"middleware": [guard.middleware()]})
+    demo.launch(max_file_size=MAX_FILE_BYTES, show_error=True, css=SLIDER_CSS, app_kwargs={"middleware": [guard.middleware()]})

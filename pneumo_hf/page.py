@@ -19,11 +19,17 @@ from .labels import LABELS
 from .metrics import plot_split
 from .site_check import MAX_FILMS, MAX_UNPACKED_BYTES
 
-__all__ = ["CHECK_NOTE", "NOTICE", "about", "check_plots", "check_table", "deleted_within_minutes", "describe", "details_of", "model_notice", "privacy_line"]
+__all__ = ["CHECK_NOTE", "HEATMAP_NOTE", "NOTICE", "percent", "about", "check_plots", "check_table", "deleted_within_minutes", "describe", "details_of", "model_notice", "privacy_line"]
 
 NOTICE = (
     "**Not a medical device.** A research demo trained on pediatric (age 1–5) anterior-posterior chest films "
     "from one hospital. Do not use it to diagnose or treat anyone."
+)
+
+HEATMAP_NOTE = (
+    "Red marks where the model's evidence for PNEUMONIA is strongest: the whole model's, each part weighted as in its "
+    "decision (docs/heatmap.md). It is not an outline of disease, and it may light up markers, tubes or electrodes "
+    "the model has learnt to use."
 )
 
 CHECK_NOTE = (

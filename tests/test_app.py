@@ -242,6 +242,36 @@ def test_browser_upload_shows_label_and_heatmap(server, image_folder, tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_slider_shows_the_whole_film_and_its_heatmap_in_one_box(server, tmp_path):
+    """Portrait DICOM-sized, landscape and square films: film and heatmap laid out in the same box inside the
+    component, at the film's own size (or the 1,024 px cap), and the sentence that says what the colours are."""
+    from playwright.sync_api import sync_playwright
+
+    shapes = {"portrait": ((2500, 2000), (819, 1024)), "landscape": ((600, 1024), (1024, 600)), "square224": ((224, 224), (224, 224)), "square512": ((512, 512), (512, 512))}
+    with sync_playwright() as playwright:
+        page = browser(playwright).new_page(viewport={"width": 1280, "height": 1000})
+        for name, (size, natural) in shapes.items():
+            film = tmp_path / f"{name}.png"
+            Image.fromarray(np.asarray(Image.fromarray(xray_like(3, (size[0] // 4, size[1] // 4))).resize(size[::-1]))).save(film)
+            page.goto(server)
+            page.locator("input[type=file]").first.set_input_files(str(film))
+            page.locator("#decision").get_by_text("this film is").wait_for(timeout=60_000)
+            page.wait_for_function("() => [...document.querySelectorAll('#film-heatmap img')].filter(i => i.complete && i.naturalWidth).length == 2", timeout=30_000)
+            found = page.evaluate("""() => {
+                const box = e => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
+                const images = [...document.querySelectorAll('#film-heatmap img')];
+                return {component: box(document.querySelector('#film-heatmap')), boxes: images.map(box),
+                        natural: images.map(i => [i.naturalWidth, i.naturalHeight]), fit: images.map(i => getComputedStyle(i).objectFit)};
+            }""")
+            film_box, heatmap_box = found["boxes"]
+            assert np.allclose(film_box, heatmap_box, atol=1), (name, found)  # the divider compares the film with its own overlay
+            left, top, right, bottom = found["component"]
+            assert film_box[0] >= left - 1 and film_box[1] >= top - 1 and film_box[2] <= right + 1 and film_box[3] <= bottom + 1, (name, found)
+            assert found["fit"] == ["contain", "contain"] and found["natural"] == [list(natural), list(natural)], (name, found)
+        assert "evidence for PNEUMONIA is strongest" in page.locator("#heatmap-note").inner_text()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_browser_keeps_nothing_of_the_film_and_drags_film_against_heatmap(server, image_folder):
     """Run history off by default: after a prediction the page's localStorage, sessionStorage and IndexedDB hold nothing
     of the film or its result, and the footer has no "Runs" link. The film and its heatmap share one slider."""
