@@ -104,41 +104,43 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--films", type=int, default=20)
-    parser.add_argument("--figure", help="Write 8 films (4 per label) under every method to this PNG.")
+    parser.add_argument("--figure", help="Write 8 films of the folder (per label 2 decided right, 2 wrong) under every method to this PNG.")
+    parser.add_argument("--figure_only", action="store_true", help="Only the figure.")
     args = parser.parse_args()
     classifier = PneumoniaClassifier.from_pretrained(resolve_model_folder(args.model)).float().eval()
     transform = build_transform(classifier.data_config)
     films = film_files(Path(args.data_dir))
     chosen = [film for label in ("NORMAL", "PNEUMONIA") for film in [f for f in films if f.parent.name == label][: args.films // 2]]
+    if args.figure:
+        draw(films, transform, classifier, args.figure)
+    if args.figure_only:
+        return
     pixels = torch.stack([transform(load_image(film)) for film in chosen])
     targets = [ClassifierOutputSoftmaxTarget(POSITIVE)] * len(pixels)
     randomised = randomised_top(classifier)
     morf, lerf, mult = ROADMostRelevantFirstAverage(PERCENTILES), ROADLeastRelevantFirstAverage(PERCENTILES), CamMultImageConfidenceChange()
     print(f"{len(chosen)} films of {args.data_dir}; ROAD at {PERCENTILES} %")
     print(f"{'method':<74}{'MoRF':>8}{'LeRF':>8}{'ROAD':>8}{'cam×image':>10}{'rank r after randomising':>26}")
-    maps_of = {}
     for name, method in METHODS.items():
         maps = np.concatenate([method(classifier, pixels[i : i + 8]) for i in range(0, len(pixels), 8)])
         after = np.concatenate([method(randomised, pixels[i : i + 8]) for i in range(0, len(pixels), 8)])
-        maps_of[name] = maps
         most, least = morf(pixels, maps, targets, classifier), lerf(pixels, maps, targets, classifier)
         change = mult(pixels, maps, targets, classifier)
         correlation = np.mean([rank_correlation(one, other) for one, other in zip(maps, after, strict=True)])
         print(f"{name:<74}{np.mean(most):>8.4f}{np.mean(least):>8.4f}{np.mean(least - most) / 2:>8.4f}{np.mean(change):>10.4f}{correlation:>26.3f}")
-    if args.figure:
-        draw(chosen, pixels, classifier, maps_of, args.figure)
 
 
-def draw(films, pixels, classifier, maps_of, path: str) -> None:
-    """4 films of each label (the first two the model decides right, the next two wrong where there are such) under
-    every method."""
+def draw(films, transform, classifier, path: str) -> None:
+    """Per label, the first two films (in name order) the model decides right and the first two it decides wrong,
+    under every method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    pixels = torch.stack([transform(load_image(film)) for film in films])
     with torch.no_grad():
-        probabilities = torch.softmax(classifier(pixels) / classifier.temperature, dim=1)[:, POSITIVE].numpy()
+        probabilities = torch.cat([torch.softmax(classifier(pixels[i : i + 32]) / classifier.temperature, dim=1)[:, POSITIVE] for i in range(0, len(pixels), 32)]).numpy()
     decided = probabilities >= classifier.threshold
     labels = np.array([film.parent.name == POSITIVE_LABEL for film in films])
     picked = []
@@ -146,13 +148,15 @@ def draw(films, pixels, classifier, maps_of, path: str) -> None:
         right = [i for i in range(len(films)) if labels[i] == label and decided[i] == label]
         wrong = [i for i in range(len(films)) if labels[i] == label and decided[i] != label]
         picked += (right[:2] + wrong[:2] + right[2:])[:4]
+    maps_of = {name: method(classifier, pixels[picked]) for name, method in METHODS.items()}
+    picked_pixels = pixels[picked]
     figure, axes = plt.subplots(len(maps_of), len(picked), figsize=(2 * len(picked), 2.1 * len(maps_of)))
-    grey = [np.asarray(load_image(films[i]).convert("L").resize(pixels.shape[-2:][::-1])) for i in picked]
+    grey = [np.asarray(load_image(films[i]).convert("L").resize(picked_pixels.shape[-2:][::-1])) for i in picked]
     for row, (name, maps) in enumerate(maps_of.items()):
         for column, i in enumerate(picked):
             axis = axes[row, column]
             axis.imshow(grey[column], cmap="gray")
-            axis.imshow(maps[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            axis.imshow(maps[column], cmap="jet", alpha=0.45, vmin=0, vmax=1)
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
