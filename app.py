@@ -80,7 +80,8 @@ def readable_roots() -> list[Path]:
     """Where a request's file may be: Gradio's upload cache (uploads, and what the app itself returned) and the served
     examples."""
     examples = os.environ.get("PNEUMO_EXAMPLES_DIR")
-    return [Path(gr.utils.get_upload_folder()), EXAMPLE_FILMS, *([Path(examples)] if examples else [])]
+    cached = Path(os.environ.get("GRADIO_EXAMPLES_CACHE", Path.cwd() / ".gradio" / "cached_examples"))
+    return [Path(gr.utils.get_upload_folder()), EXAMPLE_FILMS, cached, *([Path(examples)] if examples else [])]
 
 
 def _predict(file: Optional[str], model_name: str, heatmap: bool) -> Prediction:
@@ -321,4 +322,4 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.launch(max_file_size=MAX_FILE_BYTES, show_error=True, css=SLIDER_CSS, app_kwargs={"middleware": [guard.middleware()]})
+    demo.launch(max_file_size=MAX_FILE_BYTES, show_error=True, css=SLIDER_CSS, app_kwargs={"middleware": [guard.middleware(readable_roots)]})

@@ -27,6 +27,7 @@ __all__ = ["BusyError", "NotUploadedError", "RequestGuard", "middleware", "model
 # flags, or an MCP tool call whose film is a base64 data URI (8 MB holds a 6 MB film).
 MAX_BODY_BYTES = int(os.environ.get("PNEUMO_MAX_BODY_BYTES", 8 * 2**20))
 UPLOAD_ROUTES = ("/gradio_api/upload", "/upload")
+CALL_ROUTES = ("/gradio_api/run/", "/gradio_api/call/", "/gradio_api/queue/join", "/gradio_api/api/")
 MAX_CONCURRENT = int(os.environ.get("PNEUMO_MAX_CONCURRENT", 2))  # one per core of a free Space
 BUSY_SECONDS = float(os.environ.get("PNEUMO_BUSY_SECONDS", 60))
 HEADERS = [
@@ -77,11 +78,13 @@ def model_slot() -> Iterator[None]:
 
 class RequestGuard:
     """ASGI middleware: the security headers on every answer, and 413 for a body over `max_body_bytes` on any route
-    but the upload, refused by its Content-Length before a byte is read, or as soon as a streamed body passes it. The
-    answer never quotes the request."""
+    but the upload, refused by its Content-Length before a byte is read, or as soon as a streamed body passes it. A
+    call's JSON naming a file outside `roots()` (the upload cache, the examples) gets NOT_UPLOADED before Gradio sees
+    it: Gradio's own refusal quotes the path, made absolute with the server's working directory. No answer quotes the
+    request."""
 
-    def __init__(self, app, max_body_bytes: int = MAX_BODY_BYTES):
-        self.app, self.max_body_bytes = app, max_body_bytes
+    def __init__(self, app, max_body_bytes: int = MAX_BODY_BYTES, roots=None):
+        self.app, self.max_body_bytes, self.roots = app, max_body_bytes, roots
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -104,6 +107,8 @@ class RequestGuard:
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return await self._refuse(send_with_headers)
+        if self.roots is not None and scope["method"] == "POST" and any(route in scope["path"] for route in CALL_ROUTES):
+            return await self._checked_call(scope, receive, send_with_headers)
         received = 0
 
         async def bounded_receive():
@@ -120,12 +125,59 @@ class RequestGuard:
 
         return await self.app(scope, bounded_receive, send_with_headers)
 
+    async def _checked_call(self, scope, receive, send):
+        """Read the call's body whole (bounded), refuse it when it names a file outside the roots, else replay it."""
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                return await self._refuse(send)
+        try:
+            named = list(_file_paths(json.loads(body)))
+        except ValueError:  # not JSON: Gradio answers it
+            named = []
+        roots = self.roots()
+        for path in named:
+            try:
+                uploaded(path, roots)
+            except NotUploadedError:
+                answer = json.dumps({"error": NOT_UPLOADED}).encode()
+                await send({"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+                return await send({"type": "http.response.body", "body": answer})
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
     async def _refuse(self, send):
         body = json.dumps({"error": f"The request body is over {self.max_body_bytes // 2**20} MB; send films through the upload (gradio_client: handle_file(path))."}).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
-def middleware(max_body_bytes: int = MAX_BODY_BYTES) -> Middleware:
-    """The guard as FastAPI takes it: `demo.launch(app_kwargs={"middleware": [middleware()]})`."""
-    return Middleware(RequestGuard, max_body_bytes=max_body_bytes)
+def _file_paths(value: Any) -> Iterator[Any]:
+    """Every `path` of a file reference (a dict with a "path") anywhere in a call's JSON."""
+    if isinstance(value, dict):
+        if "path" in value:
+            yield value["path"]
+        for item in value.values():
+            yield from _file_paths(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _file_paths(item)
+
+
+def middleware(roots=None, max_body_bytes: int = MAX_BODY_BYTES) -> Middleware:
+    """The guard as FastAPI takes it: `demo.launch(app_kwargs={"middleware": [middleware(roots)]})`, `roots` a function
+    giving the folders a call's files may be in."""
+    return Middleware(RequestGuard, max_body_bytes=max_body_bytes, roots=roots)

@@ -78,10 +78,12 @@ def test_details_refuses_every_server_path_with_one_sentence(hostile_server, tmp
     unreadable.write_bytes(png_bytes(xray_like(1, (64, 64))))
     unreadable.chmod(0)
     paths = [str(ROOT / "pneumo_hf" / "default_model" / "test_dev_roc_curve.png"), "/etc/shadow", str(tmp_path / "missing.png"), str(tmp_path), str(unreadable), "/proc/self/environ", "file:///etc/passwd", "../" * 8 + "etc/passwd"]
-    answers = {path: answer_of(url, "details", [{"path": path}]) for path in paths}
-    for path, answer in answers.items():
-        assert NOT_UPLOADED in answer.text, (path, answer.text[:300])
-        assert path not in answer.text and str(ROOT) not in answer.text
+    answers = {(api_name, path): answer_of(url, api_name, [{"path": path, "meta": {"_type": "gradio.FileData"}}, "x"][: 1 if api_name in ("details", "predict") else 2])
+               for api_name in ("details", "predict", "predict_film", "evaluate") for path in paths}
+    answers.update({("details", path): answer_of(url, "details", [{"path": path}]) for path in paths})  # gr.api: no meta needed
+    for (api_name, path), answer in answers.items():
+        assert NOT_UPLOADED in answer.text, (api_name, path, answer.text[:300])
+        assert path not in answer.text and str(ROOT) not in answer.text and os.getcwd() not in answer.text  # Gradio's own refusal named the working directory
     assert len({answer.text for answer in answers.values()}) == 1  # no oracle: the same answer whatever the path is
 
 
