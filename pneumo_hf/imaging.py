@@ -48,6 +48,8 @@ def load_image(source: ImageSource, max_side: Optional[int] = None) -> Image.Ima
     else:
         data = _read_bytes(source)
         image = _from_dicom(data, max_side) if _is_dicom(data, source) else _from_encoded(data, max_side)
+    if max_side and max(image.size) > max_side:  # after a DICOM's block means or an array's: exactly the cap
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     if min(image.size) < MIN_SIDE:
         raise ImageError(f"The image is only {image.width}x{image.height} pixels; upload an X-ray at least {MIN_SIDE} pixels on each side.")
     return image
@@ -232,11 +234,12 @@ def displayed_grey(pixels: np.ndarray, dataset) -> np.ndarray:
 
 
 def _block_mean(pixels: np.ndarray, max_side: Optional[int]) -> np.ndarray:
-    """`pixels` (HxW or HxWxC) averaged over k x k blocks, k the smallest integer that brings both sides within
-    `max_side` (the input's own type kept); unchanged when it fits or `max_side` is None."""
-    if not max_side or pixels.ndim < 2 or max(pixels.shape[:2]) <= max_side:
+    """`pixels` (HxW or HxWxC) averaged over k x k blocks, k the largest integer that keeps the longer side at least
+    `max_side` (the input's own type kept; `load_image` then resizes to the cap); unchanged when it fits or `max_side`
+    is None."""
+    if not max_side or pixels.ndim < 2 or max(pixels.shape[:2]) < 2 * max_side:
         return pixels
-    k = -(-max(pixels.shape[:2]) // max_side)
+    k = max(pixels.shape[:2]) // max_side
     height, width = pixels.shape[0] // k, pixels.shape[1] // k
     blocks = pixels[: height * k, : width * k].reshape(height, k, width, k, *pixels.shape[2:])
     mean = blocks.mean(axis=(1, 3), dtype=np.float32)

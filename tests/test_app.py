@@ -247,12 +247,15 @@ def test_browser_slider_shows_the_whole_film_and_its_heatmap_in_one_box(server, 
     component, at the film's own size (or the 1,024 px cap), and the sentence that says what the colours are."""
     from playwright.sync_api import sync_playwright
 
-    shapes = {"portrait": ((2500, 2000), (819, 1024)), "landscape": ((600, 1024), (1024, 600)), "square224": ((224, 224), (224, 224)), "square512": ((512, 512), (512, 512))}
+    shapes = {"portrait.dcm": ((2500, 2000), (819, 1024)), "landscape.png": ((600, 1024), (1024, 600)), "square224.png": ((224, 224), (224, 224)), "square512.png": ((512, 512), (512, 512))}
     with sync_playwright() as playwright:
         page = browser(playwright).new_page(viewport={"width": 1280, "height": 1000})
         for name, (size, natural) in shapes.items():
-            film = tmp_path / f"{name}.png"
-            Image.fromarray(np.asarray(Image.fromarray(xray_like(3, (size[0] // 4, size[1] // 4))).resize(size[::-1]))).save(film)
+            film, pixels = tmp_path / name, np.asarray(Image.fromarray(xray_like(3, (size[0] // 4, size[1] // 4))).resize(size[::-1]))
+            if name.endswith(".dcm"):  # a portrait as a PACS exports it
+                film.write_bytes(make_dicom(pixels))
+            else:
+                Image.fromarray(pixels).save(film)
             page.goto(server)
             page.locator("input[type=file]").first.set_input_files(str(film))
             page.locator("#decision").get_by_text("this film is").wait_for(timeout=60_000)
