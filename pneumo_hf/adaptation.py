@@ -23,7 +23,7 @@ from torch import nn
 from . import metrics
 from .calibration import films_sha256
 from .data import DataError, load_evaluation_set, patient_halves
-from .domain import POOLED, DomainCheck, with_site_films
+from .domain import POOLED, DomainCheck, pooled_embedding, with_site_films
 from .ensemble import Ensemble
 from .errors import ArgumentError
 from .evaluation import split_loader
@@ -69,18 +69,21 @@ def probe_of(classifier: PneumoniaClassifier) -> tuple[nn.Module, str, list[nn.M
 
 @torch.no_grad()
 def margins(classifier: PneumoniaClassifier, films, patients: np.ndarray) -> Margins:
-    """`Margins` of every readable film of `films` (a datasets.Dataset), in one pass through each member."""
+    """`Margins` of every readable film of `films` (a datasets.Dataset), in one pass through each member; the stored
+    model's margin is derived from them as `Ensemble.forward` averages them."""
     probe, _, others, specs = probe_of(classifier)
     classifier.eval()
-    features, rest, stored, labels = [], [], [], []
+    features, rest, labels = [], [], []
     for batch in split_loader(classifier, films):
-        pixels = batch["pixel_values"]
-        inputs = classifier.backbone.member_inputs(pixels) if others else [pixels]
-        features.append(probe.forward_head(probe.forward_features(inputs[0]), pre_logits=True).float().numpy())
-        rest.append(np.stack([_difference(member(x)) / spec["temperature"] for member, spec, x in zip(others, specs[1:], inputs[1:], strict=True)], axis=1) if others else np.zeros((len(pixels), 0)))
-        stored.append(_difference(classifier(pixels)))
+        inputs = classifier.backbone.member_inputs(batch["pixel_values"]) if others else [batch["pixel_values"]]
+        features.append(pooled_embedding(probe, inputs[0]).numpy())
+        rest.append(np.stack([_difference(member(x)) / spec["temperature"] for member, spec, x in zip(others, specs[1:], inputs[1:], strict=True)], axis=1) if others else np.zeros((len(inputs[0]), 0)))
         labels.append(batch["labels"].numpy())
-    return Margins(np.concatenate(features), np.concatenate(rest), np.concatenate(stored), np.concatenate(labels), patients)
+    features, rest = np.concatenate(features), np.concatenate(rest)
+    w, b = head_weights(classifier)
+    probe_margin = (features @ w + b) / (specs[0]["temperature"] if others else 1.0)
+    stored = (probe_margin + rest.sum(axis=1)) / (len(others) + 1)
+    return Margins(features, rest, stored, np.concatenate(labels), patients)
 
 
 def _difference(logits: torch.Tensor) -> np.ndarray:
@@ -95,10 +98,14 @@ class Fit:
 
     w: np.ndarray
     b: float
-    votes: np.ndarray
     intercept: float
     threshold: float
     stacking: np.ndarray
+
+    @property
+    def votes(self) -> np.ndarray:
+        """The other members' votes."""
+        return self.stacking[2:]
 
     def margin(self, site: Margins) -> np.ndarray:
         return site.features @ self.w + self.b + site.others @ self.votes + self.intercept
@@ -138,7 +145,7 @@ def fit(train: tuple[np.ndarray, np.ndarray], site: Margins, stored_head: tuple[
     w = stacking[0] * w_new + stacking[1] * stored_head[0]
     b = float(stacking[0] * b_new + stacking[1] * stored_head[1])
     threshold = metrics.choose_threshold(site.labels, _sigmoid(columns @ stacking + intercept), min_sensitivity)
-    return Fit(w, b, stacking[2:], intercept, threshold, stacking)
+    return Fit(w, b, intercept, threshold, stacking)
 
 
 def _sigmoid(margin: np.ndarray) -> np.ndarray:
@@ -146,26 +153,27 @@ def _sigmoid(margin: np.ndarray) -> np.ndarray:
 
 
 def figures(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    found = metrics.classification_metrics(labels, scores, threshold)
-    return {**{key: found[key] for key in FIGURES if key in found}, "ece_pneumonia": metrics.positive_calibration_error(labels, scores)}
+    """The figures adaptation reports (metrics.site_figures: both ECEs)."""
+    found = metrics.site_figures(labels, scores, threshold)
+    return {key: found[key] for key in FIGURES}
 
 
-def crossfit(train, site: Margins, stored_head: tuple[np.ndarray, float], patients: np.ndarray, weight: float, c: float, min_sensitivity: float, stored_threshold: float, stored_scores: np.ndarray, repeats: int) -> dict[str, Any]:
+def crossfit(train, site: Margins, stored_head: tuple[np.ndarray, float], weight: float, c: float, min_sensitivity: float, stored_threshold: float, stored_scores: np.ndarray, repeats: int) -> dict[str, Any]:
     """Mean figures on held-out patient-grouped halves (`repeats` halvings, both ways): the stored model, and the
     adaptation fitted on the other half alone; the held-out films are never in a fit. Also, per film, its held-out
     P(PNEUMONIA) averaged over the repeats and the share of repeats that decided it right (for `paired_bootstrap`)."""
     found: dict[str, list[dict]] = {"stored": [], "adapted": []}
     scores, right = np.zeros(len(site.labels)), np.zeros(len(site.labels))
-    for fitted, held in patient_halves(site.labels, patients, repeats, seed=1000):
+    for fitted, held in patient_halves(site.labels, site.patients, repeats, seed=1000):
         adaptation = fit(train, _rows(site, fitted), stored_head, weight, c, min_sensitivity)
         held_scores = _sigmoid(adaptation.margin(_rows(site, held)))
         scores[held] += held_scores / repeats
         right[held] += ((held_scores >= adaptation.threshold) == site.labels[held]) / repeats
         found["stored"].append(figures(site.labels[held], stored_scores[held], stored_threshold))
         found["adapted"].append(figures(site.labels[held], held_scores, adaptation.threshold))
-    means = {name: {**{key: float(np.mean([row[key] for row in rows])) for key in (*FIGURES, "ece_pneumonia")}, "halves": len(rows)} for name, rows in found.items()}
+    means = {name: {**{key: float(np.mean([row[key] for row in rows])) for key in FIGURES}, "halves": len(rows)} for name, rows in found.items()}
     stored_right = ((stored_scores >= stored_threshold) == site.labels).astype(float)
-    means["adapted"]["against_stored"] = metrics.paired_bootstrap(site.labels, patients, (scores, right), (stored_scores, stored_right))
+    means["adapted"]["against_stored"] = metrics.paired_bootstrap(site.labels, site.patients, (scores, right), (stored_scores, stored_right))
     return means
 
 
@@ -210,7 +218,7 @@ def adapt_folder(model: str, data_dir: str, output_dir: str, train_dir: Optional
     stored_scores = metrics.probabilities(np.column_stack([np.zeros_like(site.stored), site.stored]), classifier.temperature, classifier.intercept)[:, 1]
     candidates = (site_weight,) if site_weight else SITE_WEIGHTS
     stored_head = head_weights(classifier)
-    measured = {weight: crossfit(train, site, stored_head, patients, weight, c, min_sensitivity, classifier.threshold, stored_scores, repeats) for weight in candidates}
+    measured = {weight: crossfit(train, site, stored_head, weight, c, min_sensitivity, classifier.threshold, stored_scores, repeats) for weight in candidates}
     weight = max(candidates, key=lambda w: (measured[w]["adapted"]["roc_auc"], measured[w]["adapted"]["accuracy"]))
     final = fit(train, site, stored_head, weight, c, min_sensitivity)
     report = {
@@ -231,21 +239,21 @@ def adapt_folder(model: str, data_dir: str, output_dir: str, train_dir: Optional
         "crossfit": measured[weight],
     }
     write_adapted(folder, output, head_prefix, final, len(others) + 1)
-    report["domain_check"] = adapt_domain_check(folder, output, classifier, train[0], site, patients)
+    report["domain_check"] = adapt_domain_check(folder, output, classifier, train[0], site)
     output.write(ADAPTATION, report)
     if output.read(SUMMARY) is not None:
         write_model_card(output.path)
     return report
 
 
-def adapt_domain_check(folder: ModelFolder, output: ModelFolder, classifier: PneumoniaClassifier, train: np.ndarray, site: Margins, patients: np.ndarray) -> dict[str, Any]:
+def adapt_domain_check(folder: ModelFolder, output: ModelFolder, classifier: PneumoniaClassifier, train: np.ndarray, site: Margins) -> dict[str, Any]:
     """The stored pooled domain check with the site's films in its reference (`domain.with_site_films`), written into
     `output`; what it flags of the site's films before and after. A folder without one, or with another kind, keeps
     what it has, and the record says so."""
     check = DomainCheck.load(folder.path, classifier)
     if check is None or check.kind != POOLED:
         return {"refit": False, "why": "the folder has no pooled-embedding domain check" if check is None else f"its domain check reads {check.kind}, not the pooled embedding"}
-    check, found = with_site_films(check, train, site.features, patient_halves(site.labels, patients, repeats=5, seed=2000))
+    check, found = with_site_films(check, train, site.features, patient_halves(site.labels, site.patients, repeats=5, seed=2000))
     check.save(output.path)
     return {"refit": True, **found}
 
@@ -272,7 +280,7 @@ def cached_features(classifier: PneumoniaClassifier, films) -> tuple[np.ndarray,
 
     from .film_cache import default_cache_dir
 
-    probe, head_prefix, _, _ = probe_of(classifier)
+    probe = probe_of(classifier)[0]
     digest = hashlib.sha256(films_sha256(films).encode())
     for name, tensor in sorted(probe.state_dict().items()):
         digest.update(name.encode())
@@ -281,7 +289,7 @@ def cached_features(classifier: PneumoniaClassifier, films) -> tuple[np.ndarray,
     if path.is_file():
         stored = np.load(path)
         return stored["features"], stored["labels"]
-    found = margins_of_probe(classifier, films)
+    found = probe_features(classifier, films)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.stem}.tmp.npz")
     np.savez(temporary, features=found[0], labels=found[1])
@@ -289,13 +297,13 @@ def cached_features(classifier: PneumoniaClassifier, films) -> tuple[np.ndarray,
     return found
 
 
-@torch.no_grad()
-def margins_of_probe(classifier: PneumoniaClassifier, films) -> tuple[np.ndarray, np.ndarray]:
+def probe_features(classifier: PneumoniaClassifier, films) -> tuple[np.ndarray, np.ndarray]:
+    """The probe member's pooled features (`domain.pooled_embedding`, fed as the ensemble feeds it) and the labels."""
     probe, _, others, _ = probe_of(classifier)
     features, labels = [], []
     for batch in split_loader(classifier, films):
         inputs = classifier.backbone.member_inputs(batch["pixel_values"]) if others else [batch["pixel_values"]]
-        features.append(probe.forward_head(probe.forward_features(inputs[0]), pre_logits=True).float().numpy())
+        features.append(pooled_embedding(probe, inputs[0]).numpy())
         labels.append(batch["labels"].numpy())
     return np.concatenate(features), np.concatenate(labels)
 

@@ -42,9 +42,7 @@ def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, min_sensitivity
 
 def figures_of(labels: np.ndarray, logits: np.ndarray, temperature: float, intercept: float, threshold: float) -> dict[str, float]:
     """The site's figures under one calibration: both ECEs (top label; 10 bins of P(PNEUMONIA))."""
-    scores = metrics.probabilities(logits, temperature, intercept)[:, 1]
-    found = metrics.classification_metrics(labels, scores, threshold)
-    return {**found, "ece_pneumonia": metrics.positive_calibration_error(labels, scores)}
+    return metrics.site_figures(labels, metrics.probabilities(logits, temperature, intercept)[:, 1], threshold)
 
 
 def crossfit(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray, min_sensitivity: float, stored: tuple[float, float, float], repeats: int = 10, method: str = "platt") -> dict[str, dict[str, float]]:

@@ -102,7 +102,9 @@ class HeatmapMaker:
         self.classifier = classifier
         self.head = class_activation_head(classifier)
         self.layers, self.reshape = target_layers(classifier)
-        self._grad_cam_lock = threading.Lock()  # grad-cam's hooks hold per-call state on the shared model
+        self._grad_cam_lock = threading.Lock()
+        # each ensemble member's pooling head (or None), found once: the check runs a small forward pass
+        self.pooling_heads = {id(member): _pooling_head(member) for member in _leaves(classifier.backbone)} if isinstance(classifier.backbone, Ensemble) else {}  # grad-cam's hooks hold per-call state on the shared model
 
     def __call__(self, pixel_values: torch.Tensor, views: Sequence[str] = ()) -> tuple[np.ndarray, torch.Tensor]:
         """Heatmaps (batch, H, W) in [0, 1] of the images themselves, and their logits averaged over
@@ -134,7 +136,7 @@ class HeatmapMaker:
         its logits (1 / (members · temperature), nested ensembles likewise), summed at the input's size; then the
         positive part, scaled to [0, 1] per film."""
         count = len(pixel_values)  # no lock: no hooks, and autograd.grad leaves the shared parameters' .grad alone
-        logits, evidence = ensemble_evidence(self.classifier.backbone, with_views(pixel_values, views), count, tuple(pixel_values.shape[-2:]))
+        logits, evidence = ensemble_evidence(self.classifier.backbone, with_views(pixel_values, views), count, tuple(pixel_values.shape[-2:]), self.pooling_heads)
         return _unit_scaled(evidence.clamp(min=0).numpy()), mean_over_views(logits, count)
 
     def grad_cam(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -151,28 +153,31 @@ class HeatmapMaker:
         return np.clip(np.nan_to_num(maps), 0.0, 1.0).astype(np.float32), logits
 
 
-def ensemble_evidence(ensemble: Ensemble, batch: torch.Tensor, count: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def ensemble_evidence(ensemble: Ensemble, batch: torch.Tensor, count: int, size: tuple[int, int], pooling_heads: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits of the whole batch as `Ensemble.forward` gives them, the evidence maps of its first `count` films at
-    `size` in logit units): the members' `member_evidence` weighted as their logits are averaged."""
+    `size` in logit units): the members' `member_evidence` weighted as their logits are averaged. `pooling_heads`: the
+    members' pooling heads by `id`, as `HeatmapMaker` finds them once (else found here)."""
+    pooling_heads = pooling_heads if pooling_heads is not None else {id(member): _pooling_head(member) for member in _leaves(ensemble)}
     logits, evidence = [], torch.zeros(count, *size)
     for member, spec, inputs in zip(ensemble.members, ensemble.specs, ensemble.member_inputs(batch), strict=True):
         weight = 1.0 / (len(ensemble.members) * spec["temperature"])
         if isinstance(member, Ensemble):
-            member_logits, member_map = ensemble_evidence(member, inputs, count, size)
+            member_logits, member_map = ensemble_evidence(member, inputs, count, size, pooling_heads)
         else:
-            member_logits, member_map = member_evidence(member, inputs, count)
+            member_logits, member_map = member_evidence(member, inputs, count, pooling_heads[id(member)])
             member_map = F.interpolate(member_map[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         logits.append(member_logits * weight * len(ensemble.members))
         evidence += weight * member_map
     return torch.stack(logits).mean(dim=0), evidence
 
 
-def member_evidence(member: nn.Module, batch: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def member_evidence(member: nn.Module, batch: torch.Tensor, count: int, pooling_head: Optional[nn.Linear] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits of the batch, the first `count` films' evidence map for the PNEUMONIA − NORMAL logit at the member's last
     feature map, in logit units, before any ReLU). A CNN whose head is average pooling then a linear layer: its class
     activation map, exact, from the forward pass alone. The Keras CNN: HiResCAM (gradient × activation, summed over
-    channels) at its last ReLU, one backward pass; for its dense head that is the first-order share of the logit."""
-    head = _pooling_head(member)
+    channels) at its last ReLU, one backward pass; for its dense head that is the first-order share of the logit.
+    `pooling_head`: the member's, when the caller has found it (`_pooling_head`)."""
+    head = pooling_head if pooling_head is not None else _pooling_head(member)
     if head is not None:
         with torch.inference_mode():
             features = member.forward_features(batch)
@@ -190,6 +195,11 @@ def member_evidence(member: nn.Module, batch: torch.Tensor, count: int) -> tuple
             gradient, = torch.autograd.grad(margin.sum(), activation)
             return logits.detach(), (gradient[:count] * activation[:count]).sum(dim=1).detach()
     raise ValueError(f"No evidence map for an ensemble member of type {type(member).__name__}: a pooling-head CNN or keras_cnn.")
+
+
+def _leaves(ensemble: Ensemble) -> list[nn.Module]:
+    """The members of an ensemble that are not ensembles themselves, nested ones opened."""
+    return [leaf for member in ensemble.members for leaf in (_leaves(member) if isinstance(member, Ensemble) else [member])]
 
 
 def _unit_scaled(maps: np.ndarray) -> np.ndarray:

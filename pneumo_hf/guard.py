@@ -127,15 +127,17 @@ class RequestGuard:
 
     async def _checked_call(self, scope, receive, send):
         """Read the call's body whole (bounded), refuse it when it names a file outside the roots, else replay it."""
-        body, more = b"", True
+        chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] != "http.request":
                 return
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:
+            if size > self.max_body_bytes:
                 return await self._refuse(send)
+        body = b"".join(chunks)
         try:
             named = list(_file_paths(json.loads(body)))
         except ValueError:  # not JSON: Gradio answers it

@@ -135,8 +135,10 @@ def _normalise(image: Image.Image, max_side: Optional[int] = None) -> Image.Imag
     """EXIF orientation, at most `max_side` a side, then any mode (16-bit, float, palette, RGBA, CMYK, 1-bit) → RGB."""
     _check_pixels(image.width, image.height)
     if max_side and max(image.size) > max_side:
-        image = image.copy() if image.mode != "P" else image.convert("RGBA" if "transparency" in image.info else "RGB")
-        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)  # block means first, in place
+        if image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        scale = max_side / max(image.size)  # a new reduced image (block means first): the decoded one is never copied
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR, reducing_gap=2.0)
     image = ImageOps.exif_transpose(image)
     if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
         return _from_array(np.asarray(image))

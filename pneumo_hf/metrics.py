@@ -26,6 +26,7 @@ __all__ = [
     "fit_platt",
     "positive_calibration_error",
     "paired_bootstrap",
+    "site_figures",
     "mean_and_spread",
     "probabilities",
     "plot_roc",
@@ -56,6 +57,11 @@ def fit_platt(logits: np.ndarray, labels: Sequence[int]) -> tuple[float, float]:
     if slope <= 0:  # the logits rank the films backwards: no scaling can calibrate them
         raise ValueError(f"Platt scaling found slope {slope:.3g} <= 0: the model ranks these films the wrong way round.")
     return 1.0 / slope, float(fitted.intercept_[0])
+
+
+def site_figures(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, Any]:
+    """`classification_metrics` and the ECE of P(PNEUMONIA) itself (`ece_pneumonia`): both ECEs, for a site's films."""
+    return {**classification_metrics(labels, scores, threshold), "ece_pneumonia": positive_calibration_error(labels, scores)}
 
 
 def paired_bootstrap(labels: np.ndarray, patients: np.ndarray, candidate: tuple[np.ndarray, np.ndarray], baseline: tuple[np.ndarray, np.ndarray], resamples: int = 2000, seed: int = 0) -> dict[str, list[float]]:

@@ -19,13 +19,13 @@ from pneumo_hf.folder import ModelFolder
 from pneumo_hf.models import PneumoniaClassifier, resolve_model_folder
 
 
-def votes_only(site: adaptation.Margins, stored_head, patients, min_sensitivity: float, repeats: int, stored_scores, stored_threshold) -> dict:
+def votes_only(site: adaptation.Margins, stored_head, min_sensitivity: float, repeats: int, stored_scores, stored_threshold) -> dict:
     """The stored heads' margins stacked with Platt's intercept and a new threshold, fitted on one half, scored on the other."""
     from sklearn.linear_model import LogisticRegression
 
     columns = np.column_stack([site.features @ stored_head[0] + stored_head[1], site.others])
     rows, scores, right = [], np.zeros(len(site.labels)), np.zeros(len(site.labels))
-    for fitted, held in patient_halves(site.labels, patients, repeats, seed=1000):
+    for fitted, held in patient_halves(site.labels, site.patients, repeats, seed=1000):
         regression = LogisticRegression(C=np.inf, max_iter=1000).fit(columns[fitted], site.labels[fitted])
         threshold = metrics.choose_threshold(site.labels[fitted], regression.predict_proba(columns[fitted])[:, 1], min_sensitivity)
         held_scores = regression.predict_proba(columns[held])[:, 1]
@@ -34,7 +34,7 @@ def votes_only(site: adaptation.Margins, stored_head, patients, min_sensitivity:
         rows.append(adaptation.figures(site.labels[held], held_scores, threshold))
     found = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
     stored_right = ((stored_scores >= stored_threshold) == site.labels).astype(float)
-    return {**found, "against_stored": metrics.paired_bootstrap(site.labels, patients, (scores, right), (stored_scores, stored_right))}
+    return {**found, "against_stored": metrics.paired_bootstrap(site.labels, site.patients, (scores, right), (stored_scores, stored_right))}
 
 
 def main() -> None:
@@ -62,12 +62,12 @@ def main() -> None:
               f"   {auc[1]:+.4f} [{auc[0]:+.4f}, {auc[2]:+.4f}]  {acc[1]:+.4f} [{acc[0]:+.4f}, {acc[2]:+.4f}]")
 
     for min_sensitivity in args.min_sensitivity:
-        measured = adaptation.crossfit(train, site, stored_head, patients, args.site_weight[0], c, min_sensitivity, classifier.threshold, stored_scores, args.repeats)
+        measured = adaptation.crossfit(train, site, stored_head, args.site_weight[0], c, min_sensitivity, classifier.threshold, stored_scores, args.repeats)
         show("stored model, cross-fitted halves", {**measured["stored"], "against_stored": {"delta_roc_auc": [0, 0, 0], "delta_accuracy": [0, 0, 0]}})
-        show(f"votes + Platt only, sens ≥ {min_sensitivity}", votes_only(site, stored_head, patients, min_sensitivity, args.repeats, stored_scores, classifier.threshold))
+        show(f"votes + Platt only, sens ≥ {min_sensitivity}", votes_only(site, stored_head, min_sensitivity, args.repeats, stored_scores, classifier.threshold))
         for weight in args.site_weight:
             if weight != args.site_weight[0]:
-                measured = adaptation.crossfit(train, site, stored_head, patients, weight, c, min_sensitivity, classifier.threshold, stored_scores, args.repeats)
+                measured = adaptation.crossfit(train, site, stored_head, weight, c, min_sensitivity, classifier.threshold, stored_scores, args.repeats)
             show(f"adapted, weight {weight:g}, sens ≥ {min_sensitivity}", measured["adapted"])
 
 
