@@ -35,6 +35,7 @@ from pneumo_hf.examples import EXAMPLE_FILMS, find_examples, hub_examples
 from pneumo_hf.folder import CONFIG, ModelFolder
 from pneumo_hf.imaging import IMAGE_SUFFIXES, MAX_FILE_BYTES, load_image
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
+from pneumo_hf.records import FilmRecord
 from pneumo_hf.site_check import ArchiveError, check_archive
 
 DEFAULT = "default (shipped in pneumo_hf)"
@@ -60,7 +61,7 @@ class DecisionLabel(gr.Label):
     def postprocess(self, value: Any) -> Any:
         if isinstance(value, Prediction):
             ranked = sorted(value.probabilities.items(), key=lambda item: -item[1])
-            return LabelData(label=value.label, confidences=[LabelConfidence(label=name, confidence=min(max(p, 0.005), 0.994)) for name, p in ranked])
+            return LabelData(label=value.decision, confidences=[LabelConfidence(label=name, confidence=min(max(p, 0.005), 0.994)) for name, p in ranked])
         return super().postprocess(value)
 
 
@@ -178,7 +179,7 @@ def evaluate(archive: str, model_name: str) -> tuple[dict[str, Any], str]:
 
 
 def check_films(archive: Optional[str], model_name: str, progress=gr.Progress(track_tqdm=True)) -> tuple[dict[str, Any], str, list[dict]]:
-    """The check tab: `evaluate` with a progress bar, and the per-film rows kept for the plots."""
+    """The check tab: `evaluate` with a progress bar, and the films' records kept for the plots."""
     if not archive:
         raise gr.Error("Upload a .zip of labelled films first (NORMAL/ and PNEUMONIA/ folders, or films with a labels.csv).")
     table = output_path("checks", ".csv")
@@ -186,19 +187,19 @@ def check_films(archive: Optional[str], model_name: str, progress=gr.Progress(tr
         path = guard.uploaded(archive, readable_roots())
         predictor = get_predictor(model_name)
         with guard.model_slot():
-            summary, rows = check_archive(predictor, path, Path(tempfile.mkdtemp(prefix="pneumo_check_")), table)
+            summary, records = check_archive(predictor, path, Path(tempfile.mkdtemp(prefix="pneumo_check_")), table)
     except (ArchiveError, ModelError, guard.NotUploadedError, guard.BusyError) as error:
         raise gr.Error(str(error)) from None
-    return summary, str(table), rows
+    return summary, str(table), records
 
 
-def check_report(summary: Optional[dict[str, Any]], rows: Optional[list[dict]]) -> tuple[str, list]:
+def check_report(summary: Optional[dict[str, Any]], records: Optional[list[FilmRecord]]) -> tuple[str, list]:
     """The figures as a table, and the ROC (with the operating point), confusion matrix and reliability diagram."""
-    if not summary or rows is None:
+    if not summary or records is None:
         return "", []
     folder = output_path("checks", "")
     folder.mkdir()
-    plots = page.check_plots(rows, summary["threshold"], folder)
+    plots = page.check_plots(records, summary["threshold"], folder)
     return page.check_table(summary) + ("" if plots else "\n\nThe plots need films of both labels."), [str(path) for path in plots]
 
 
@@ -290,7 +291,7 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
                 archive = gr.File(label="Labelled films (.zip)", file_types=[".zip"], type="filepath")
                 check_button = gr.Button("Check", variant="primary")
             check_table = gr.Markdown(elem_id="check-table")
-            check_rows = gr.State()
+            check_records = gr.State()
             check_plots = gr.Gallery(label="ROC (operating point marked), confusion matrix and reliability on your films", columns=3, height="auto")
             with gr.Row():
                 check_json = gr.JSON(label="The figures (what /evaluate returns first)")
@@ -301,8 +302,8 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
         upload.change(preview, inputs=upload, outputs=image, api_visibility="private")
         # The MCP tools are the public endpoints: predict (/predict_film) and evaluate. /predict and /details serve
         # gradio_client as before ("undocumented": callable, not tools; the first model served); the page's events are private.
-        check_button.click(check_films, inputs=[archive, model], outputs=[check_json, check_csv, check_rows], api_visibility="private").then(
-            check_report, inputs=[check_json, check_rows], outputs=[check_table, check_plots], api_visibility="private"
+        check_button.click(check_films, inputs=[archive, model], outputs=[check_json, check_csv, check_records], api_visibility="private").then(
+            check_report, inputs=[check_json, check_records], outputs=[check_table, check_plots], api_visibility="private"
         )
         gr.on([button.click, upload.upload], predict_page, inputs=[upload, model], outputs=shown_outputs, api_visibility="private")
         more.select(pick_more, outputs=upload, api_visibility="private").then(predict_page, inputs=[upload, model], outputs=shown_outputs, api_visibility="private")

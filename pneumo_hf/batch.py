@@ -5,9 +5,10 @@ a local copy of one → one row per input (path, decision, probabilities, thresh
     pneumo-hf predict scans/ paths.csv --output preds.parquet --heatmaps heatmaps/ --bf16
     accelerate launch -m pneumo_hf predict archive/ --output preds.csv       # one shard per process
 
-Films are decoded in DataLoader workers and predicted in batches. Rows are flushed to `OUTPUT.part-RANK.csv` as
-they come; a run killed and started again with the same output skips what is written and does the rest. At the
-end the parts are merged, in input order, into OUTPUT (CSV, or Parquet for a .parquet name).
+Films are decoded in DataLoader workers and predicted in batches, each film once, into typed records
+(`pneumo_hf.records`) that every sink takes: the table (`CsvSink`: rows flushed to `OUTPUT.part-RANK.csv` as they
+come, merged in input order into OUTPUT, CSV or Parquet), the overlays (`OverlaySink`), the DICOM results
+(`pneumo_hf.dicom_out.DicomSink`). A run killed and started again predicts only what some sink still lacks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -28,13 +29,12 @@ from .errors import UserError
 from .films import Film, FilmDataset
 from .imaging import film_files, xray_warnings
 from .inference import Predictor
-from .labels import LABELS
+from .records import COLUMNS, FilmRecord, Sink, csv_row
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COLUMNS", "collect_inputs", "predict_archive"]
+__all__ = ["COLUMNS", "Collected", "CsvSink", "OverlaySink", "collect_inputs", "film_records", "predict_archive"]
 
-COLUMNS = ["path", "decision", *(f"probability_{name}" for name in LABELS), "threshold", "warnings", "error"]
 LIST_SUFFIXES = (".csv", ".txt", ".lst")
 
 
@@ -109,12 +109,96 @@ class _Described:
         return {"warnings": xray_warnings(image), "image": image if self.keep_images else None}
 
 
-def _part(output: Path, rank: int) -> Path:
-    return output.with_name(f"{output.name}.part-{rank}.csv")
+def predict_archive(predictor: Predictor, films: Sequence[Film], sinks: Sequence[Sink], batch_size: int = 8, num_workers: int = 1, accelerator=None) -> dict[str, int]:
+    """Predict each film some sink still needs, once, and hand every batch's records to all `sinks`; with an
+    `accelerator`, this process's shard only (the sinks are closed by the main process once all are done). Returns
+    counts: films, predicted now, skipped (no sink needed them), errors among those predicted now."""
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    pending = set().union(*(sink.pending(films) for sink in sinks))
+    if accelerator:
+        accelerator.wait_for_everyone()  # all read what was written before anyone writes
+    todo = [film for film in films if film.key in pending][rank::world]
+    heatmaps = any(sink.heatmaps for sink in sinks)
+    loader = torch.utils.data.DataLoader(FilmDataset(todo, predictor.transform, extras=_Described(heatmaps), any_error=True), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    counts = {"films": len(films), "predicted": 0, "skipped": len(films) - len(pending), "errors": 0}
+    with tqdm(total=len(todo), unit="film", disable=rank != 0, desc=f"predict (shard {rank + 1}/{world})") as bar:  # the bar shows films/s
+        for batch in loader:
+            records = film_records(predictor, batch, heatmaps)
+            for sink in sinks:
+                sink.write(records)
+            counts["predicted"] += len(records)
+            counts["errors"] += sum(bool(record.error) for record in records)
+            bar.update(len(records))
+    if accelerator:
+        accelerator.wait_for_everyone()
+    if rank == 0:
+        for sink in sinks:
+            sink.close()
+    return counts
+
+
+def film_records(predictor: Predictor, batch: list[dict], heatmaps: bool = False) -> list[FilmRecord]:
+    """The records of one loader batch of `FilmDataset` items, in order: the readable films in one forward pass."""
+    readable = [item for item in batch if "error" not in item]
+    predictions = []
+    if readable:
+        pixel_values = torch.stack([item["pixel_values"] for item in readable])
+        predictions = predictor.predict_images([item["image"] for item in readable], pixel_values, heatmap=heatmaps, warnings=[item["warnings"] for item in readable])
+    by_key = {item["key"]: prediction for item, prediction in zip(readable, predictions, strict=True)}
+    return [FilmRecord(item["key"], by_key.get(item["key"]), item.get("error", "")) for item in batch]
+
+
+class CsvSink:
+    """The batch command's table: rows flushed to `OUTPUT.part-RANK.csv` as they come (a film in the table is not
+    predicted again), merged at the end, in input order, into OUTPUT (CSV, or Parquet for a .parquet name)."""
+
+    heatmaps = False
+
+    def __init__(self, output: Path, rank: int = 0):
+        self.output, self.part = output, output.with_name(f"{output.name}.part-{rank}.csv")
+        self.films: Sequence[Film] = ()
+        self.errors = 0  # rows with an error in the merged table
+
+    def pending(self, films: Sequence[Film]) -> set[str]:
+        self.films = films
+        done = written_rows(self.output)
+        return {film.key for film in films} - set(done)
+
+    def write(self, records: Sequence[FilmRecord]) -> None:
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.part, "a", newline="") as file:
+            if file.tell() and not self.part.read_bytes().endswith(b"\n"):
+                file.write("\n")  # after a kill mid-line: the cut line stays malformed and is dropped at the merge
+            writer = csv.DictWriter(file, COLUMNS)
+            if not file.tell():
+                writer.writeheader()
+            writer.writerows(csv_row(record) for record in records)
+
+    def close(self) -> None:
+        """One row per film, in input order, into the output; the parts are removed once it is written."""
+        rows = written_rows(self.output)
+        ordered = [rows[film.key] for film in self.films if film.key in rows]
+        self.errors = sum(bool(row["error"]) for row in ordered)
+        temporary = self.output.with_name(self.output.name + ".tmp")
+        if self.output.suffix.lower() == ".parquet":
+            import pandas as pd
+
+            table = pd.DataFrame(ordered, columns=COLUMNS)
+            numeric = [column for column in COLUMNS if column.startswith("probability_") or column == "threshold"]
+            table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
+            table.to_parquet(temporary, index=False)
+        else:
+            with open(temporary, "w", newline="") as file:
+                writer = csv.DictWriter(file, COLUMNS)
+                writer.writeheader()
+                writer.writerows(ordered)
+        os.replace(temporary, self.output)
+        for part in self.output.parent.glob(f"{self.output.name}.part-*.csv"):
+            part.unlink()
 
 
 def written_rows(output: Path) -> dict[str, dict]:
-    """Complete rows already written for `output`: its merged file and the parts of a run that was stopped."""
+    """Complete rows already written for `output`, as text: its merged file and the parts of a run that was stopped."""
     rows: dict[str, dict] = {}
     for part in [output, *sorted(output.parent.glob(f"{output.name}.part-*.csv"))]:
         if not part.is_file():
@@ -131,97 +215,46 @@ def written_rows(output: Path) -> dict[str, dict]:
     return rows
 
 
-def predict_archive(
-    predictor: Predictor,
-    films: Sequence[Film],
-    output: Path,
-    heatmaps: Optional[Path] = None,
-    batch_size: int = 8,
-    num_workers: int = 1,
-    accelerator=None,
-) -> dict[str, int]:
-    """Predict `films` into `output`, resuming a stopped run; with an `accelerator`, this process's shard only.
-    Returns counts: films, predicted now, skipped as already written, errors."""
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    done = written_rows(output)
-    if accelerator:
-        accelerator.wait_for_everyone()  # all read what was written before anyone writes
-    todo = [film for film in films if film.key not in done][rank::world]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if heatmaps:
-        heatmaps.mkdir(parents=True, exist_ok=True)
-    loader = torch.utils.data.DataLoader(
-        FilmDataset(todo, predictor.transform, extras=_Described(heatmaps is not None), any_error=True), batch_size=batch_size, num_workers=num_workers, collate_fn=list
-    )
-    part = _part(output, rank)
-    counts = {"films": len(films), "predicted": 0, "skipped": len(done), "errors": 0}  # the bar shows films/s
-    with open(part, "a", newline="") as file, tqdm(total=len(todo), unit="film", disable=rank != 0, desc=f"predict (shard {rank + 1}/{world})") as bar:
-        if file.tell() and not part.read_bytes().endswith(b"\n"):
-            file.write("\n")  # after a kill mid-line: the cut line stays malformed and is dropped at the merge
-        writer = csv.DictWriter(file, COLUMNS)
-        if not file.tell():
-            writer.writeheader()
-        for batch in loader:
-            rows = _predict_rows(predictor, batch, heatmaps)
-            writer.writerows(rows)
-            file.flush()
-            counts["predicted"] += len(rows)
-            counts["errors"] += sum(bool(row["error"]) for row in rows)
-            bar.update(len(rows))
-    if accelerator:
-        accelerator.wait_for_everyone()
-    if rank == 0:
-        _merge(films, output)
-    counts["errors"] += sum(bool(row["error"]) for row in done.values())
-    return counts
+class OverlaySink:
+    """Each film's heatmap over the film, a JPEG in `folder` named after its key (a film with one is not predicted again)."""
+
+    heatmaps = True
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def pending(self, films: Sequence[Film]) -> set[str]:
+        return {film.key for film in films if not self.path(film.key).is_file()}
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{Path(key.replace(':', '_')).stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.jpg"
+
+    def write(self, records: Sequence[FilmRecord]) -> None:
+        from .cam import overlay
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for record in records:
+            if record.prediction is not None:
+                overlay(record.prediction.image, record.prediction.heatmap).save(self.path(record.key), quality=90)
+
+    def close(self) -> None:
+        pass
 
 
-def _predict_rows(predictor: Predictor, batch: list[dict], heatmaps: Optional[Path]) -> list[dict]:
-    readable = [item for item in batch if "error" not in item]
-    predictions = []
-    if readable:
-        images = [item["image"] for item in readable]
-        predictions = predictor.predict_images(images, torch.stack([item["pixel_values"] for item in readable]), heatmap=heatmaps is not None, warnings=[item["warnings"] for item in readable])
-    by_key = {item["key"]: prediction for item, prediction in zip(readable, predictions, strict=True)}
-    rows = []
-    for item in batch:
-        key = item["key"]
-        row = dict.fromkeys(COLUMNS, "")
-        row["path"], row["error"] = key, item.get("error", "")
-        if key in by_key:
-            prediction = by_key[key]
-            row.update({f"probability_{name}": f"{p:.6f}" for name, p in prediction.probabilities.items()})
-            row.update(decision=prediction.label, threshold=f"{prediction.threshold:.6f}", warnings=" | ".join(prediction.warnings))
-            if heatmaps is not None:
-                _write_overlay(prediction, key, heatmaps)
-        rows.append(row)
-    return rows
+class Collected:
+    """The records kept in memory, in the films' order (the site check's): `records`."""
 
+    heatmaps = False
 
-def _write_overlay(prediction, key: str, folder: Path) -> None:
-    from .cam import overlay
+    def __init__(self):
+        self.records: list[FilmRecord] = []
 
-    name = f"{Path(key.replace(':', '_')).stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.jpg"
-    overlay(prediction.image, prediction.heatmap).save(folder / name, quality=90)
+    def pending(self, films: Sequence[Film]) -> set[str]:
+        self.order = {film.key: i for i, film in enumerate(films)}
+        return set(self.order)
 
+    def write(self, records: Sequence[FilmRecord]) -> None:
+        self.records.extend(records)
 
-def _merge(films: Sequence[Film], output: Path) -> None:
-    """One row per film, in input order, into `output`; the parts are removed once it is written."""
-    rows = written_rows(output)
-    ordered = [rows[film.key] for film in films if film.key in rows]
-    temporary = output.with_name(output.name + ".tmp")
-    if output.suffix.lower() == ".parquet":
-        import pandas as pd
-
-        table = pd.DataFrame(ordered, columns=COLUMNS)
-        numeric = [column for column in COLUMNS if column.startswith("probability_") or column == "threshold"]
-        table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
-        table.to_parquet(temporary, index=False)
-    else:
-        with open(temporary, "w", newline="") as file:
-            writer = csv.DictWriter(file, COLUMNS)
-            writer.writeheader()
-            writer.writerows(ordered)
-    os.replace(temporary, output)
-    for part in output.parent.glob(f"{output.name}.part-*.csv"):
-        part.unlink()
+    def close(self) -> None:
+        self.records.sort(key=lambda record: self.order[record.key])

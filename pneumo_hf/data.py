@@ -153,7 +153,7 @@ def split_by_patient(dataset: datasets.Dataset, validation_fraction: float, seed
 
 def patient_halves(labels: Sequence[int], patients: Sequence[str], repeats: int = 10, seed: int = 0):
     """(fit, held-out) index pairs: `repeats` random class-stratified halvings by patient, each half held out once.
-    The cross-fits of `pneumo-hf calibrate` and train/fit_domain_check.py."""
+    The cross-fits of `pneumo-hf calibrate` and `pneumo-hf fit-domain-check`."""
     labels, patients = np.asarray(labels), np.asarray(patients)
     for repeat in range(repeats):
         yield from StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed + repeat).split(labels, labels, patients)

@@ -35,7 +35,7 @@ from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelIdentity", "NOT_A_DEVICE", "StoreError", "identity_of", "secondary_capture", "store", "structured_report", "write_results"]
+__all__ = ["ModelIdentity", "NOT_A_DEVICE", "StoreError", "identity_of", "secondary_capture", "store", "structured_report", "DicomSink"]
 
 MANUFACTURER = "pneumo-hf"
 FINDING = Code("404684003", "SCT", "Clinical finding")
@@ -122,49 +122,79 @@ def secondary_capture(source: Dataset, overlay: np.ndarray, series: Optional[tup
     return capture
 
 
-def write_results(predictor, films: Sequence[str], rows: dict[str, dict], folder: Path, heatmaps: bool = False) -> tuple[list[Path], list[str]]:
-    """For every DICOM film of `films` whose CSV row (`rows`, by path) has no error: its report (and with `heatmaps` its
-    capture) in `folder/<StudyInstanceUID>/`, from the row's own figures. A film written before keeps its files (and
-    their UIDs). Returns every file now in place for these films, and a sentence for each DICOM film that got none."""
-    import pydicom
+class DicomSink:
+    """The batch command's DICOM results (`pneumo_hf.records` sink): for each DICOM film, its report (and with
+    `heatmaps` its capture) in `folder/<StudyInstanceUID>/`, written from the film's record as it comes. A film with
+    its files keeps them (and their UIDs) and is not predicted again for them; one series of each kind per study."""
 
-    from .cam import overlay as blend
-    from .imaging import is_dicom_file
+    def __init__(self, predictor, folder: Path, heatmaps: bool = False):
+        self.folder, self.heatmaps, self.model = folder, heatmaps, identity_of(predictor)
+        self.sources: dict[str, Path] = {}  # key -> DICOM file
+        self.series: dict[tuple[str, str], list] = {}  # (study, kind) -> [series UID, instances so far]
 
-    dicom = [path for path in films if Path(path).is_file() and is_dicom_file(path)]
-    if len(dicom) < len(films):
-        logger.warning("%d of %d inputs are not DICOM files: they get no DICOM results (their rows are in the CSV).", len(films) - len(dicom), len(films))
-    model = identity_of(predictor)
-    written, problems = [], []
-    series: dict[tuple[str, str], list] = {}  # (study, kind) -> [series UID, instances so far]: one series of each kind per study and run
+    def pending(self, films) -> set[str]:
+        from .imaging import is_dicom_file
 
-    def next_in(study: str, kind: str) -> tuple[str, int]:
-        entry = series.setdefault((study, kind), [generate_uid(), 0])
+        self.sources = {film.key: Path(film.path) for film in films if film.path and Path(film.path).is_file() and is_dicom_file(film.path)}
+        if len(self.sources) < len(films):
+            logger.warning("%d of %d inputs are not DICOM files: they get no DICOM results (their rows are in the table).", len(films) - len(self.sources), len(films))
+        return {key for key, path in self.sources.items() if not all(target.is_file() for target in self.targets(_header(path)) or ())}
+
+    def targets(self, source: Optional[Dataset]) -> Optional[list[Path]]:
+        """The report's (and capture's) path for the film `source`; None when it lacks what a report must reference."""
+        if source is None or any(not source.get(name) for name in REFERENCED):
+            return None
+        folder = self.folder / str(source.StudyInstanceUID)
+        return [folder / f"{source.SOPInstanceUID}.sr.dcm", *([folder / f"{source.SOPInstanceUID}.sc.dcm"] if self.heatmaps else [])]
+
+    def write(self, records) -> None:
+        from .cam import overlay as blend
+
+        for record in records:
+            path = self.sources.get(record.key)
+            if path is None or record.prediction is None:
+                continue
+            source = _header(path)
+            targets = self.targets(source)
+            if targets is None:
+                continue
+            targets[0].parent.mkdir(parents=True, exist_ok=True)
+            prediction, study = record.prediction, str(source.StudyInstanceUID)
+            if not targets[0].is_file():
+                report = structured_report(source, prediction.decision, record.probability, prediction.threshold, prediction.warnings, self.model, self._next_in(study, "sr"))
+                _save(report, targets[0])
+            if self.heatmaps and not targets[1].is_file():
+                _save(secondary_capture(source, np.asarray(blend(prediction.image, prediction.heatmap)), self._next_in(study, "sc")), targets[1])
+
+    def _next_in(self, study: str, kind: str) -> tuple[str, int]:
+        entry = self.series.setdefault((study, kind), [generate_uid(), 0])
         entry[1] += 1
         return entry[0], entry[1]
 
-    for path in dicom:
-        row = rows.get(path)
-        if row is None or row["error"]:
-            continue
-        source = pydicom.dcmread(path)
-        missing = [name for name in REFERENCED if not source.get(name)]
-        if missing:
-            problems.append(f"{path}: no DICOM result: it lacks {', '.join(missing)}, which a report must reference; export the film from the PACS with them.")
-            continue
-        target = folder / str(source.StudyInstanceUID)
-        report, capture = target / f"{source.SOPInstanceUID}.sr.dcm", target / f"{source.SOPInstanceUID}.sc.dcm"
-        target.mkdir(parents=True, exist_ok=True)
-        if not report.is_file():
-            warnings = [text for text in row["warnings"].split(" | ") if text]
-            _save(structured_report(source, row["decision"], float(row["probability_PNEUMONIA"]), float(row["threshold"]), warnings, model, next_in(source.StudyInstanceUID, "sr")), report)
-        written.append(report)
-        if heatmaps:
-            if not capture.is_file():
-                prediction = predictor.predict(path, heatmap=True)
-                _save(secondary_capture(source, np.asarray(blend(prediction.image, prediction.heatmap)), next_in(source.StudyInstanceUID, "sc")), capture)
-            written.append(capture)
-    return written, problems
+    def close(self) -> None:
+        pass
+
+    def results(self) -> tuple[list[Path], list[str]]:
+        """Every file now in place for the DICOM films, and a sentence for each DICOM film that has none."""
+        written, problems = [], []
+        for key, path in self.sources.items():
+            source = _header(path)
+            targets = self.targets(source)
+            if targets is None:
+                missing = [name for name in REFERENCED if source is None or not source.get(name)]
+                problems.append(f"{key}: no DICOM result: it lacks {', '.join(missing)}, which a report must reference; export the film from the PACS with them.")
+            elif all(target.is_file() for target in targets):
+                written += targets
+        return written, problems
+
+
+def _header(path: Path) -> Optional[Dataset]:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - a damaged file gets no result; its row in the table holds its error
+        return None
 
 
 def _save(dataset: Dataset, path: Path) -> None:

@@ -1,6 +1,6 @@
 """Domain check: does a film look like the films the model was trained on (children's frontal chest X-rays)?
 
-    python train/fit_domain_check.py --model pneumo_hf/default_model \
+    pneumo-hf fit-domain-check --model pneumo_hf/default_model \
         --calibration_dir ../shared/data/chest_xray_224/test_dev --report_dir ../shared/data/adult_check
 
 Two kinds (`--features`). For a model pretrained on ImageNet, "pooled": the Mahalanobis distance of the film's pooled
@@ -58,7 +58,7 @@ VERY_UNLIKE_WARNING = (
 )
 DOMAIN_WARNINGS = (DOMAIN_WARNING, INVERTED_WARNING, VERY_UNLIKE_WARNING)
 # Distances over this many cuts are "very unlike": no film of test_dev or the validation split lies beyond 1.7 cuts of
-# the shipped check, every generated document and noise image of train/fit_domain_check.py and 9 of 10 screenshots
+# the shipped check, every generated document and noise image of `pneumo-hf fit-domain-check` and 9 of 10 screenshots
 # beyond 2 (docs/domain-check.md). Inverted films are told by their negative instead.
 VERY_UNLIKE_CUTS = 2.0
 
@@ -170,12 +170,12 @@ class DomainCheck:
         model_folder = ModelFolder(folder)
         settings = model_folder.read(DOMAIN_CHECK)
         if settings is None or not model_folder.has(DOMAIN_CHECK_WEIGHTS):
-            logger.info("%s has no domain check: films unlike the training films get no warning (fit one with train/fit_domain_check.py).", folder)
+            logger.info("%s has no domain check: films unlike the training films get no warning (fit one with `pneumo-hf fit-domain-check`).", folder)
             return None
         kind = settings.pop("features", None)
         module = first_convolution(classifier) if kind == FEATURES else embedding_model(classifier) if kind == POOLED else None
         if module is None:
-            logger.warning("%s has a domain check of another kind (%s) than its model takes; it is not used (refit it with train/fit_domain_check.py).", folder, kind)
+            logger.warning("%s has a domain check of another kind (%s) than its model takes; it is not used (refit it with `pneumo-hf fit-domain-check`).", folder, kind)
             return None
         grid = settings.pop("grid", None)
         return cls(module, _full_precision(model_folder.domain_check_tensors()), float(settings.pop("cut")), settings, grid=int(grid) if grid else None, kind=kind)
@@ -224,7 +224,7 @@ def with_site_films(check: DomainCheck, train: np.ndarray, site: np.ndarray, hal
     from sklearn.covariance import LedoitWolf
 
     if check.kind != POOLED:
-        raise ModelError("Only a pooled-embedding domain check can take a site's films into its reference; refit it with train/fit_domain_check.py.")
+        raise ModelError("Only a pooled-embedding domain check can take a site's films into its reference; refit it with `pneumo-hf fit-domain-check`.")
     site_tensor = torch.from_numpy(site)
     before = float(np.mean(check.distances_of(site_tensor) > check.cut))
     held_out = np.zeros(len(site))

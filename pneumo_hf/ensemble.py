@@ -1,6 +1,6 @@
 """Several trained model folders as one timm model: the mean of the members' calibrated logits.
 
-    python train/ensemble.py runs/b0 runs/keras_cnn --output_dir runs/ensemble \
+    pneumo-hf ensemble runs/b0 runs/keras_cnn --output_dir runs/ensemble \
         --test_dev_dir ../shared/data/chest_xray_224/test_dev
     load_predictor("runs/ensemble")
 
@@ -83,5 +83,5 @@ default_cfgs = generate_default_cfgs(
 
 @register_model
 def pneumo_ensemble(pretrained: bool = False, **kwargs) -> Ensemble:
-    """An ensemble of trained pneumo_hf members (see `train/ensemble.py`); no pretrained weights exist."""
+    """An ensemble of trained pneumo_hf members (see `pneumo_hf.assembly`); no pretrained weights exist."""
     return build_model_with_cfg(Ensemble, "pneumo_ensemble", pretrained, feature_cfg={"flatten_sequential": True}, **kwargs)

@@ -15,7 +15,7 @@ What a folder holds (what `pneumo_hf.evaluation.finalize` writes, the Hub stores
 | training_summary.json | how it was trained, for the card | `finalize` |
 | README.md | the model card | `pneumo_hf.hub.write_model_card` |
 | SPLIT_roc_curve.png, ... | the plots of a split; training_curves.png | `finalize` |
-| domain_check.json, domain_check.safetensors | the domain check (`pneumo_hf.domain`) | training, train/fit_domain_check.py |
+| domain_check.json, domain_check.safetensors | the domain check (`pneumo_hf.domain`) | training, `pneumo-hf fit-domain-check` |
 | calibration.json | a site's refit of temperature and threshold | `pneumo-hf calibrate` |
 | maintainers_results.json | figures the maintainers measured, bound to the weights' SHA-256 | the maintainers |
 | best_model/, checkpoints/ | a run's best weights and resumable state | training |

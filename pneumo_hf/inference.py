@@ -3,7 +3,7 @@
     from pneumo_hf import load_predictor
     predictor = load_predictor()                       # the model shipped in the package
     pred = predictor.predict("scan.dcm", heatmap=True)
-    pred.label, pred.probabilities, pred.heatmap
+    pred.decision, pred.probabilities, pred.heatmap
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Prediction:
     """What the model says of one image."""
 
     probabilities: dict[str, float]
-    label: str
+    decision: str
     threshold: float
     image: Image.Image = field(repr=False)
     heatmap: Optional[np.ndarray] = field(default=None, repr=False)
@@ -102,7 +102,7 @@ class Predictor:
         buffer = DicomBytesIO()
         source.save_as(buffer, enforce_file_format=False)
         prediction = self.predict(buffer.getvalue())
-        return structured_report(source, prediction.label, prediction.probabilities["PNEUMONIA"], prediction.threshold, prediction.warnings, identity_of(self))
+        return structured_report(source, prediction.decision, prediction.probabilities["PNEUMONIA"], prediction.threshold, prediction.warnings, identity_of(self))
 
     def predict_batch(self, sources: Sequence[ImageSource], heatmap: bool = False) -> list[Prediction]:
         """Several images, with their test-time views, in one forward pass. Raises `ImageError` for the

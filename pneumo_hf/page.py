@@ -17,6 +17,7 @@ from .hub import readable_split
 from .inference import Prediction, Predictor
 from .labels import LABELS
 from .metrics import plot_split
+from .records import FilmRecord
 from .site_check import MAX_FILMS, MAX_UNPACKED_BYTES
 
 __all__ = ["CHECK_NOTE", "HEATMAP_NOTE", "NOTICE", "percent", "about", "check_plots", "check_table", "deleted_within_minutes", "describe", "details_of", "model_notice", "privacy_line"]
@@ -57,7 +58,7 @@ def describe(prediction: Optional[Prediction]) -> str:
         return ""
     pneumonia = prediction.probabilities[LABELS[1]]
     lines = [f"⚠️ **{warning}**" for warning in prediction.warnings]
-    lines += [f"Calibrated PNEUMONIA probability **{percent(pneumonia)}**; the model says PNEUMONIA from **{prediction.threshold:.1%}** up, so this film is **{prediction.label}**."]
+    lines += [f"Calibrated PNEUMONIA probability **{percent(pneumonia)}**; the model says PNEUMONIA from **{prediction.threshold:.1%}** up, so this film is **{prediction.decision}**."]
     return "\n\n".join(lines)
 
 
@@ -66,7 +67,7 @@ def details_of(prediction: Optional[Prediction], predictor: Predictor) -> Option
     if prediction is None:
         return None
     return {
-        "decision": prediction.label,
+        "decision": prediction.decision,
         "probabilities": prediction.probabilities,
         "threshold": prediction.threshold,
         "warnings": prediction.warnings,
@@ -137,12 +138,12 @@ def check_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def check_plots(rows: list[dict[str, Any]], threshold: float, folder: Path) -> list[Path]:
+def check_plots(records: list[FilmRecord], threshold: float, folder: Path) -> list[Path]:
     """ROC (with the operating point), confusion matrix and reliability diagram of a site check's readable films (the
-    rows `pneumo_hf.site_check.check_archive` returned, scored as its summary was), written into `folder`; none
+    records `pneumo_hf.site_check.check_archive` returned, scored as its summary was), written into `folder`; none
     without films of both labels."""
-    scored = [row for row in rows if not row["error"]]
-    labels = [int(row["label"] == LABELS[1]) for row in scored]
+    scored = [record for record in records if not record.error]
+    labels = [record.truth for record in scored]
     if len(set(labels)) < 2:
         return []
-    return plot_split(labels, [float(row[f"probability_{LABELS[1]}"]) for row in scored], threshold, folder, "site", "Your films")
+    return plot_split(labels, [record.probability for record in scored], threshold, folder, "site", "Your films")

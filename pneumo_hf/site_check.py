@@ -2,7 +2,7 @@
 their labels, predicted as `pneumo-hf predict` predicts them, and measured at the model's stored threshold.
 
     from pneumo_hf.site_check import check_archive
-    summary, table = check_archive(load_predictor(), "our_films.zip", workdir="/tmp/check", csv_path="/tmp/check.csv")
+    summary, records = check_archive(load_predictor(), "our_films.zip", workdir="/tmp/check", csv_path="/tmp/check.csv")
 
 The .zip holds `NORMAL/` and `PNEUMONIA/` folders at any depth, or images with a `labels.csv` of `file,label`. What
 the app's "Check on your films" tab and its `/evaluate` endpoint run.
@@ -17,18 +17,20 @@ import re
 import shutil
 import stat
 import zipfile
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Union
 
 import numpy as np
 
 from . import metrics
-from .batch import COLUMNS, predict_archive
+from .batch import Collected, predict_archive
 from .errors import UserError
 from .films import Film
 from .imaging import film_files, hidden_in
 from .inference import Predictor
 from .labels import LABEL2ID, LABELS
+from .records import COLUMNS, FilmRecord, csv_row
 
 __all__ = ["ArchiveError", "MAX_FILMS", "MAX_UNPACKED_BYTES", "check_archive", "labelled_films", "safe_extract", "summarise"]
 
@@ -140,32 +142,32 @@ def _foldered(root: Path) -> list[tuple[str, Path, int]]:
     return films
 
 
-def check_archive(predictor: Predictor, archive: Union[str, Path], workdir: Path, csv_path: Path, batch_size: int = 8) -> tuple[dict[str, Any], list[dict]]:
+def check_archive(predictor: Predictor, archive: Union[str, Path], workdir: Path, csv_path: Path, batch_size: int = 8) -> tuple[dict[str, Any], list[FilmRecord]]:
     """Unpack `archive` into `workdir` (removed afterwards), predict every labelled film as `pneumo-hf predict` does
-    and write the per-film CSV (its columns plus `label`) to `csv_path`; returns the summary and the rows."""
+    and write the per-film CSV (its columns plus `label`) to `csv_path`; returns the summary and the films' records
+    (with their labels as `truth`)."""
     unpacked = Path(workdir) / "films"
     try:
         safe_extract(archive, unpacked)
         films = labelled_films(unpacked)
-        labels = {name: label for name, _, label in films}
-        predictions = Path(workdir) / "predictions.csv"
-        predict_archive(predictor, [Film(name, str(path)) for name, path, _ in films], predictions, batch_size=batch_size, num_workers=0)
-        rows = [{**row, "label": LABELS[labels[row["path"]]]} for row in csv.DictReader(io.StringIO(predictions.read_text()))]
+        collected = Collected()
+        predict_archive(predictor, [Film(name, str(path)) for name, path, _ in films], [collected], batch_size=batch_size, num_workers=0)
+        records = [replace(record, truth=label) for record, (_, _, label) in zip(collected.records, films, strict=True)]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     with open(csv_path, "w", newline="") as file:
         writer = csv.DictWriter(file, [*COLUMNS, "label"])
         writer.writeheader()
-        writer.writerows(rows)
-    return summarise(rows, predictor.threshold), rows
+        writer.writerows({**csv_row(record), "label": LABELS[record.truth]} for record in records)
+    return summarise(records, predictor.threshold), records
 
 
-def summarise(rows: list[dict], threshold: float) -> dict[str, Any]:
+def summarise(records: list[FilmRecord], threshold: float) -> dict[str, Any]:
     """The figures of the readable films at `threshold`, JSON-ready (None where a figure is undefined, as ROC-AUC
     with one class), and the films that could not be read."""
-    scored = [row for row in rows if not row["error"]]
-    labels = np.array([LABEL2ID[row["label"]] for row in scored], dtype=int)
-    scores = np.array([float(row[f"probability_{LABELS[1]}"]) for row in scored])
+    scored = [record for record in records if not record.error]
+    labels = np.array([record.truth for record in scored], dtype=int)
+    scores = np.array([record.probability for record in scored])
     found = metrics.classification_metrics(labels, scores, threshold) if scored else {}
     (tn, fp), (fn, tp) = found.get("confusion_matrix", [[0, 0], [0, 0]])
 
@@ -183,8 +185,8 @@ def summarise(rows: list[dict], threshold: float) -> dict[str, Any]:
         "ece_pneumonia": metrics.positive_calibration_error(labels, scores) if scored else None,  # 10 bins of P(PNEUMONIA)
         "threshold": threshold,
         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
-        "errors": [{"file": row["path"], "error": row["error"]} for row in rows if row["error"]],
-        "notes": _notes(labels, len(rows) - len(scored)),
+        "errors": [{"file": record.key, "error": record.error} for record in records if record.error],
+        "notes": _notes(labels, len(records) - len(scored)),
     }
 
 

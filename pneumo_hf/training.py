@@ -262,7 +262,7 @@ def _resume(accelerator: Accelerator, checkpoint: str, output_dir: Path) -> _Sta
 
 def _fit_domain_check(run: _Run, folder: ModelFolder) -> None:
     """The domain check (pneumo_hf.domain) fitted on the training films, its cut calibrated so that at most 5 % of
-    the validation split is flagged (train/fit_domain_check.py recalibrates it on other films)."""
+    the validation split is flagged (`pneumo-hf fit-domain-check` recalibrates it on other films)."""
 
     def batches(dataset: datasets.Dataset) -> list[torch.Tensor]:
         if run.args.film_cache:  # the same pixels as the JPEGs give, without decoding them again

@@ -2,7 +2,6 @@
 whose films lean the other way gets a better cross-fitted calibration, too few films are refused with their sentence,
 and the card names the films that adapted it."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 from pneumo_hf import load_predictor
 from pneumo_hf.checkpoints import write_checkpoint
 from pneumo_hf.commands import adapt
+from pneumo_hf.domain_fitting import fit_folder_check
 from pneumo_hf.training import TrainingArguments, train
 
 pytestmark = pytest.mark.slow
@@ -29,10 +29,7 @@ def probe(tmp_path_factory, image_folder) -> Path:
     output = tmp_path_factory.mktemp("probe") / "probe"
     train(TrainingArguments(output_dir=str(output), train_dir=str(image_folder), model_name_or_path=str(lite0), image_size=64, per_device_train_batch_size=8,
                             dataloader_num_workers=0, validation_fraction=0.25, linear_probe=True, num_train_epochs=0), command="pytest")
-    spec = importlib.util.spec_from_file_location("fit_domain_check", ROOT / "train" / "fit_domain_check.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    assert script.main(["--model", str(output), "--features", "pooled", "--max_flagged", "0.1", "--crossfit_repeats", "0"]) == 0  # as the shipped probe's
+    fit_folder_check(str(output), features="pooled", max_flagged=0.1, crossfit_repeats=0)  # as the shipped probe's
     return output
 
 

@@ -129,7 +129,7 @@ def test_api_predicts_a_real_xray_from_dicom(client, tmp_path, trained_folder):
     real = np.asarray(Image.open(next((REAL_DATA / "NORMAL").iterdir())).convert("L"))
     (tmp_path / "real.dcm").write_bytes(make_dicom(real))
     result = client.predict(handle_file(str(tmp_path / "real.dcm")), api_name="/predict")
-    assert result[0]["label"] == load_predictor(trained_folder).predict((tmp_path / "real.dcm").read_bytes()).label  # the API decides as the library
+    assert result[0]["label"] == load_predictor(trained_folder).predict((tmp_path / "real.dcm").read_bytes()).decision  # the API decides as the library
 
 
 BAD_FILES = {

@@ -37,7 +37,7 @@ def test_default_model_separates_validation_xrays():
     assert roc_auc_score(labels, scores) > 0.9
     # known films, known decisions: the shipped example films, each far from the threshold, decided as labelled
     for film in find_examples()[0]:
-        assert predictor.predict(str(film)).label == film.parent.name, film
+        assert predictor.predict(str(film)).decision == film.parent.name, film
 
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs ../shared/data")

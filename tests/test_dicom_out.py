@@ -190,3 +190,36 @@ def test_a_dicom_film_without_its_study_gets_a_sentence_and_keeps_its_row(tmp_pa
     assert "bare.dcm: no DICOM result: it lacks StudyInstanceUID, SeriesInstanceUID, which a report must reference" in done.stdout
     rows = list(csv.DictReader(csv_path.open()))
     assert len(rows) == 1 and rows[0]["decision"] in ("NORMAL", "PNEUMONIA") and not rows[0]["error"]
+
+
+def test_every_sink_is_fed_by_one_model_pass_per_film_and_a_new_sink_predicts_only_what_it_lacks(tmp_path, export):
+    from torch import nn
+
+    from pneumo_hf.batch import CsvSink, OverlaySink, collect_inputs, predict_archive
+    from pneumo_hf.dicom_out import DicomSink
+
+    predictor, films = load_predictor(), collect_inputs([str(export)])
+    through = []  # films through the model's first convolution: every pass, the heatmap's included
+    first_convolution = next(module for module in predictor.classifier.modules() if isinstance(module, nn.Conv2d))
+    hook = first_convolution.register_forward_hook(lambda module, inputs, output: through.append(len(inputs[0])))
+    try:
+        table = tmp_path / "preds.csv"
+        first = predict_archive(predictor, films, [CsvSink(table)], num_workers=0)
+        assert (first["predicted"], sum(through)) == (3, 3)
+        through.clear()
+        sinks = [CsvSink(table), OverlaySink(tmp_path / "overlays"), DicomSink(predictor, tmp_path / "results", heatmaps=True)]
+        again = predict_archive(predictor, films, sinks, num_workers=0)
+        assert (again["predicted"], again["skipped"], sum(through)) == (3, 0, 3)  # the overlays need all three; once each for all sinks
+        through.clear()
+        assert predict_archive(predictor, films, sinks, num_workers=0)["predicted"] == 0 and sum(through) == 0
+    finally:
+        hook.remove()
+    written, problems = sinks[2].results()
+    assert len(written) == 4 and problems == [] and len(list((tmp_path / "overlays").iterdir())) == 3
+    rows = {row["path"]: row for row in csv.DictReader(table.open())}
+    for report in (tmp_path / "results").rglob("*.sr.dcm"):  # the report says what the table says, from the same pass
+        group = hd.sr.srread(report).content.get_image_measurement_groups()[0]
+        source = group.source_images[0].referenced_sop_instance_uid
+        row = next(row for path, row in rows.items() if not path.endswith(".jpeg") and pydicom.dcmread(path).SOPInstanceUID == source)
+        measured = {measurement.name.meaning: measurement.value for measurement in group.get_measurements()}
+        assert measured["Calibrated probability of pneumonia"] == pytest.approx(float(row["probability_PNEUMONIA"]), abs=1e-6)

@@ -152,7 +152,7 @@ def test_an_offline_push_keeps_the_named_ensemble_folder(tmp_path, trained_folde
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 1 and "Cannot reach the Hub to push org/tiny-ensemble" in result.stderr and "Traceback" not in result.stderr
-    assert load_predictor(output).predict(np.zeros((64, 64), dtype=np.uint8)).label in ("NORMAL", "PNEUMONIA")
+    assert load_predictor(output).predict(np.zeros((64, 64), dtype=np.uint8)).decision in ("NORMAL", "PNEUMONIA")
     assert "# org/tiny-ensemble" in (output / "README.md").read_text()
 
 

@@ -114,7 +114,7 @@ def test_killed_run_resumes_and_writes_each_film_once(tmp_path, trained_folder):
     rows = rows_of(output)
     assert sorted(row["path"] for row in rows) == sorted(str(path) for path in folder.iterdir())
     assert all(rows_by == before[rows_by["path"]] for rows_by in rows if rows_by["path"] in before)
-    assert f"{len(before)} already in" in result.stdout
+    assert f"{len(before)} already done" in result.stdout
 
 
 def test_two_accelerate_processes_shard_the_inputs_each_once(archive, trained_folder, tmp_path):

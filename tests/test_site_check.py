@@ -1,6 +1,7 @@
 """Checking the model on a site's own films: safe unpacking, labelled films found, figures equal to scikit-learn's on
 the predictor's own outputs and to `pneumo-hf evaluate`'s, and `pneumo-hf calibrate`."""
 
+import csv
 import json
 import shutil
 import stat
@@ -92,9 +93,9 @@ def test_the_figures_equal_scikit_learns_on_the_predictors_outputs_and_evaluates
 
     predictor = load_predictor()
     archive = example_zip(tmp_path / "films.zip", {"hospital/2024/PNEUMONIA/broken.jpeg": b"not a film"})
-    summary, rows = check_archive(predictor, archive, tmp_path / "work", tmp_path / "films.csv")
+    summary, records = check_archive(predictor, archive, tmp_path / "work", tmp_path / "films.csv")
     assert not (tmp_path / "work").exists()  # the unpacked films are gone
-    assert summary["errors"] == [{"file": "hospital/2024/PNEUMONIA/broken.jpeg", "error": rows[4]["error"]}] and "not an image" in rows[4]["error"]
+    assert summary["errors"] == [{"file": "hospital/2024/PNEUMONIA/broken.jpeg", "error": records[4].error}] and "not an image" in records[4].error
     films = find_examples()[0]
     labels = np.array([int(film.parent.name == "PNEUMONIA") for film in films])
     scores = np.array([prediction.probabilities["PNEUMONIA"] for prediction in predictor.predict_batch(films)])
@@ -125,7 +126,7 @@ def test_calibrate_meets_the_sensitivity_keeps_the_weights_and_says_so(tmp_path)
     calibrated = load_predictor(output)
     assert calibrated.threshold == report["after"]["threshold"] != load_predictor().threshold
     pneumonia = [film for film in films.rglob("*.jpeg") if film.parent.name == "PNEUMONIA"]
-    assert all(prediction.label == "PNEUMONIA" for prediction in calibrated.predict_batch(pneumonia))  # sensitivity ≥ 1.0 on its folder
+    assert all(prediction.decision == "PNEUMONIA" for prediction in calibrated.predict_batch(pneumonia))  # sensitivity ≥ 1.0 on its folder
     assert report["after"]["recall"] >= 1.0 and report["crossfit"]["refit"]["halves"] == 4
     # Platt's by default: the calibrated folder's P(PNEUMONIA) is sigmoid(logit difference / temperature + intercept)
     assert report["method"] == "platt" and report["after"]["intercept"] != 0.0 and len(report["films_sha256"]) == 64
@@ -188,9 +189,10 @@ def layouts() -> dict[str, dict[str, bytes]]:
 @pytest.mark.parametrize("layout", ["mac", "windows", "spreadsheet", "pacs"])
 def test_archives_as_computers_make_them_count_the_films_and_ignore_the_rest(tmp_path, layout):
     archive = make_zip(tmp_path / f"{layout}.zip", layouts()[layout])
-    summary, rows = check_archive(load_predictor(), archive, tmp_path / "work", tmp_path / "films.csv")
+    summary, records = check_archive(load_predictor(), archive, tmp_path / "work", tmp_path / "films.csv")
     assert summary["n"] == 8 and summary["errors"] == [] and summary["notes"] == [], summary
-    assert sorted(row["label"] for row in rows) == ["NORMAL"] * 4 + ["PNEUMONIA"] * 4
+    assert sorted(record.truth for record in records) == [0] * 4 + [1] * 4
+    assert sorted(row["label"] for row in csv.DictReader((tmp_path / "films.csv").open())) == ["NORMAL"] * 4 + ["PNEUMONIA"] * 4
     assert summary["roc_auc"] is not None and summary["sensitivity"] is not None
 
 

@@ -86,7 +86,7 @@ def test_mixup_cutmix_and_intensity_augmentation_train_on_odd_batches(tmp_path, 
     monkeypatch.setattr(Mixup, "__call__", lambda self, x, target: seen.append(len(x)) or original(self, x, target))
     results = train(tiny_args(tmp_path, image_folder, num_train_epochs=1, per_device_train_batch_size=5, mixup=0.2, cutmix=1.0, intensity_aug=1.0, label_smoothing=0.1))
     assert results["epochs_run"] == 1 and seen and all(n % 2 == 0 and n > 0 for n in seen)
-    assert load_predictor(tmp_path).predict(next((image_folder / "NORMAL").iterdir())).label in LABELS
+    assert load_predictor(tmp_path).predict(next((image_folder / "NORMAL").iterdir())).decision in LABELS
 
 
 def test_transformers_vit_trains_end_to_end(tmp_path, image_folder):
@@ -126,7 +126,7 @@ def test_save_fp16_keeps_fp32_when_outputs_move_more_than_the_tolerance(tmp_path
     results = json.loads((folder / "all_results.json").read_text())
     assert results["weights_dtype"] == dtype and 0.0 < results["fp16_max_probability_change"] < 1.0
     assert f"Weights stored in fp{dtype[-2:]}" in (folder / "README.md").read_text()
-    assert load_predictor(folder).predict(next((image_folder / "NORMAL").iterdir())).label in LABELS
+    assert load_predictor(folder).predict(next((image_folder / "NORMAL").iterdir())).decision in LABELS
 
 
 def test_split_seed_fixes_the_validation_split_across_seeds(tmp_path, image_folder):
@@ -206,7 +206,7 @@ def test_a_few_steps_on_real_xrays(tmp_path):
     ))
     assert results["train_images"] + results["validation_n"] == 96
     assert results["skipped_images"] == 0
-    assert load_predictor(tmp_path).predict(next((REAL_DATA / "NORMAL").iterdir())).label in LABELS
+    assert load_predictor(tmp_path).predict(next((REAL_DATA / "NORMAL").iterdir())).decision in LABELS
 
 
 def test_two_processes_count_each_validation_image_once(tmp_path, image_folder):
@@ -283,7 +283,7 @@ def test_compare_leads_with_test_dev_figures_as_scikit_learn_counts_them(trained
     predictions = load_predictor(trained_folder).predict_batch(sorted(image_folder.rglob("*.jpeg")))
     labels = [int("PNEUMONIA" in str(path.parent.name)) for path in sorted(image_folder.rglob("*.jpeg"))]
     assert row[3] == f"{roc_auc_score(labels, [p.probabilities['PNEUMONIA'] for p in predictions]):.3f}"
-    assert row[4] == f"{accuracy_score(labels, [int(p.label == 'PNEUMONIA') for p in predictions]):.3f}"
+    assert row[4] == f"{accuracy_score(labels, [int(p.decision == 'PNEUMONIA') for p in predictions]):.3f}"
 
 
 def test_occlusion_tables_each_greyed_border(trained_folder):
@@ -311,7 +311,7 @@ def test_evaluate_measures_what_load_predictor_predicts_as_scikit_learn_counts(t
     labels = [int(film.parent.name == "PNEUMONIA") for film in films]
     predictions = predictor.predict_batch(films)
     scores = [prediction.probabilities["PNEUMONIA"] for prediction in predictions]
-    decided = [int(prediction.label == "PNEUMONIA") for prediction in predictions]
+    decided = [int(prediction.decision == "PNEUMONIA") for prediction in predictions]
     assert measured["tta"] == list(predictor.classifier.test_time_views) and measured["n"] == len(films)
     assert measured["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
     assert measured["accuracy"] == pytest.approx(accuracy_score(labels, decided), abs=1e-9)

@@ -57,8 +57,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from accelerate import PartialState
 
     from pneumo_hf import ModelError, load_predictor
-    from pneumo_hf.batch import InputError, collect_inputs, predict_archive
+    from pneumo_hf.batch import CsvSink, InputError, OverlaySink, collect_inputs, predict_archive
     from pneumo_hf.commands import as_flags
+    from pneumo_hf.dicom_out import DicomSink
 
     state = PartialState()
     try:
@@ -73,22 +74,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     predictor.classifier.to(state.device)
     if state.device.type == "cpu" and state.num_processes > 1:  # the cores shared out, not each process spinning on all
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
+    table = CsvSink(Path(args.output), state.process_index)
+    sinks = [table, *([OverlaySink(args.heatmaps)] if args.heatmaps else []), *([DicomSink(predictor, args.dicom_out, heatmaps=args.heatmaps is not None)] if args.dicom_out else [])]
     with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=args.bf16):
-        counts = predict_archive(predictor, films, Path(args.output), args.heatmaps, args.batch_size, args.num_workers, state if state.num_processes > 1 else None)
+        counts = predict_archive(predictor, films, sinks, args.batch_size, args.num_workers, state if state.num_processes > 1 else None)
     if state.is_main_process:
-        print(f"{counts['films']} films: {counts['predicted']} predicted now, {counts['skipped']} already in {args.output}, {counts['errors']} with an error (see the `error` column).")
+        print(f"{counts['films']} films: {counts['predicted']} predicted now, {counts['skipped']} already done, {table.errors} with an error (see the `error` column of {args.output}).")
         if args.dicom_out:
-            return dicom_results(args, predictor, [film.key for film in films])
+            return dicom_results(args, sinks[-1])
     return 0
 
 
-def dicom_results(args: argparse.Namespace, predictor, films: list[str]) -> int:
-    """Write the DICOM results of the rows in --output, store them with --store_to; 1 when a DICOM film got no result or
-    was not stored."""
-    from pneumo_hf.batch import written_rows
-    from pneumo_hf.dicom_out import StoreError, store, write_results
+def dicom_results(args: argparse.Namespace, sink) -> int:
+    """Say what the DICOM sink wrote, store it with --store_to; 1 when a DICOM film got no result or was not stored."""
+    from pneumo_hf.dicom_out import StoreError, store
 
-    files, problems = write_results(predictor, films, written_rows(Path(args.output)), args.dicom_out, heatmaps=args.heatmaps is not None)
+    files, problems = sink.results()
     print("\n".join([*problems, f"{len(files)} DICOM objects in {args.dicom_out}"]))
     if not args.store_to:
         return 1 if problems else 0
