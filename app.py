@@ -128,13 +128,13 @@ def predict_page(file: Optional[str], model_name: str):
     return shown(_predict(file, model_name, heatmap=True), model_name)
 
 
-def predict_overlay(file: Optional[str]) -> tuple[Prediction, str]:
+def predict(file: Optional[str]) -> tuple[Prediction, str]:
     """The /predict endpoint of gradio_client (the first model served): label confidences, then the heatmap overlay."""
     prediction = _predict(file, model_choices()[0], heatmap=True)
     return prediction, overlay_file(prediction)
 
 
-def predict(film: str, model_name: str) -> tuple[dict[str, Any], str]:
+def predict_film(film: str, model_name: str) -> tuple[dict[str, Any], str]:
     """NORMAL or PNEUMONIA for one frontal chest X-ray (a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM file), with a heatmap of
     where the model looked. Not a medical device: a research model trained on frontal (anterior-posterior) chest films
     of children aged 1 to 5 from one hospital; do not use it to diagnose or treat anyone, and expect it to fail on
@@ -300,7 +300,7 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
             card = gr.Markdown()
             plots = gr.Gallery(label="Plots: the official test split's half A (films it never saw) first, then validation", columns=3, height="auto")
         upload.change(preview, inputs=upload, outputs=image, api_visibility="private")
-        # The MCP tools are the public endpoints: predict (/predict_film) and evaluate. /predict and /details serve
+        # The MCP tools are the public endpoints: predict_film and evaluate, named as their endpoints. /predict and /details serve
         # gradio_client as before ("undocumented": callable, not tools; the first model served); the page's events are private.
         check_button.click(check_films, inputs=[archive, model], outputs=[check_json, check_csv, check_records], api_visibility="private").then(
             check_report, inputs=[check_json, check_records], outputs=[check_table, check_plots], api_visibility="private"
@@ -308,10 +308,10 @@ def build_demo(examples_dir: Optional[str] = None) -> gr.Blocks:
         gr.on([button.click, upload.upload], predict_page, inputs=[upload, model], outputs=shown_outputs, api_visibility="private")
         more.select(pick_more, outputs=upload, api_visibility="private").then(predict_page, inputs=[upload, model], outputs=shown_outputs, api_visibility="private")
         api_only = gr.Button(visible=False)  # endpoints with no control of their own on the page
-        api_only.click(predict_overlay, inputs=upload, outputs=[label, heatmap], api_name="predict", api_visibility="undocumented")
+        api_only.click(predict, inputs=upload, outputs=[label, heatmap], api_name="predict", api_visibility="undocumented")
         gr.api(details, api_name="details", api_visibility="undocumented")
         # Unqueued: Gradio 6.31's MCP server returns a queued tool's several outputs as one text
-        api_only.click(predict, inputs=[upload, model], outputs=[details_json, heatmap], api_name="predict_film", queue=False)
+        api_only.click(predict_film, inputs=[upload, model], outputs=[details_json, heatmap], api_name="predict_film", queue=False)
         api_only.click(evaluate, inputs=[archive, model], outputs=[check_json, check_csv], api_name="evaluate", queue=False)
         model.change(about, inputs=model, outputs=[card, plots, notice], api_visibility="private")
         demo.load(about, inputs=model, outputs=[card, plots, notice], api_visibility="private")

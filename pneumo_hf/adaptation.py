@@ -22,13 +22,13 @@ from torch import nn
 
 from . import metrics
 from .calibration import films_sha256
+from .card import readable_split, write_model_card
 from .data import DataError, load_evaluation_set, patient_halves
 from .domain import POOLED, DomainCheck, pooled_embedding, with_site_films
-from .ensemble import Ensemble
 from .errors import ArgumentError
 from .evaluation import split_loader
+from .families import EnsembleOf
 from .folder import ADAPTATION, CONFIG, SUMMARY, WEIGHTS, ModelFolder
-from .hub import readable_split, write_model_card
 from .linear_probe import fit_linear_head
 from .models import ModelError, PneumoniaClassifier, resolve_model_folder
 
@@ -58,13 +58,13 @@ class Margins:
 def probe_of(classifier: PneumoniaClassifier) -> tuple[nn.Module, str, list[nn.Module], list[dict[str, Any]]]:
     """The frozen-feature member (the model itself, or an ensemble's first member), the state-dict prefix of its head,
     the other members and their specs."""
-    backbone = classifier.backbone
-    probe, prefix, others, specs = (backbone.members[0], "members.0.", list(backbone.members[1:]), backbone.specs) if isinstance(backbone, Ensemble) else (backbone, "", [], [])
-    head = probe.get_classifier() if hasattr(probe, "get_classifier") else None
-    if not isinstance(head, nn.Linear) or head.out_features != 2 or not hasattr(probe, "forward_head"):
+    family, backbone = classifier.adapter, classifier.backbone
+    probe, prefix, others, specs = (family.members[0], "members.0.", list(backbone.members[1:]), backbone.specs) if isinstance(family, EnsembleOf) else (family, "", [], [])
+    head = probe.head()
+    if not isinstance(head, nn.Linear) or head.out_features != 2 or probe.embedding_model() is None:
         raise ModelError(f"{classifier.architecture} has no linear-probe member (a timm backbone with a Linear head) whose head adaptation could refit.")
-    name = next(name for name, module in probe.named_modules() if module is head)
-    return probe, f"{prefix}{name}.", others, specs
+    name = next(name for name, module in probe.backbone.named_modules() if module is head)
+    return probe.backbone, f"{prefix}{name}.", others, specs
 
 
 @torch.no_grad()

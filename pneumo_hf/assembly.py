@@ -23,14 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import timm
 from accelerate import Accelerator
 
 from . import metrics
 from .data import load_evaluation_set
 from .ensemble import Ensemble, member_spec
-from .evaluation import evaluate, finalize, split_loader, split_seed, validation_split_of
+from .evaluation import finalize, predict_logits, split_loader, split_seed, validation_split_of
 from .folder import ARGUMENTS, RESULTS, SUMMARY, ModelFolder
 from .models import ModelError, PneumoniaClassifier, resolve_model_folder
 
@@ -61,7 +60,7 @@ def take(reference: str) -> tuple[PneumoniaClassifier, ModelFolder, dict]:
     architecture = backbone.pretrained_cfg["architecture"]
     origin = {**top, "architecture": architecture} if len(indices) == 1 else {"architecture": architecture, "trained_from_scratch": top["trained_from_scratch"], "base_model": None, "weights_source": None, "linear_probe_c": None}
     data_config = {"input_size": tuple(spec["input_size"]), "mean": tuple(spec["mean"]), "std": tuple(spec["std"]), "interpolation": backbone.pretrained_cfg.get("interpolation", "bilinear")}
-    member = PneumoniaClassifier(copy.deepcopy(backbone), "timm", data_config, temperature=spec["temperature"], trained_from_scratch=origin["trained_from_scratch"], weights_source=origin.get("weights_source"))
+    member = PneumoniaClassifier(copy.deepcopy(backbone), data_config, temperature=spec["temperature"], trained_from_scratch=origin["trained_from_scratch"], weights_source=origin.get("weights_source"))
     return member, ModelFolder(folder), origin
 
 
@@ -71,7 +70,7 @@ def load_members(references: list[str]) -> tuple[list[PneumoniaClassifier], list
     members, runs, sources, origins = [], [], [], []
     for reference in references:
         member, source, origin = take(reference)
-        if member.family != "timm" or hasattr(member.backbone, "patch_embed"):
+        if not member.adapter.is_cnn:
             raise ModelError(f"{reference} is a {member.architecture}; an ensemble takes timm CNN members (its heatmap is Grad-CAM on each).")
         arguments = source.read(ARGUMENTS)
         if arguments is None:
@@ -112,7 +111,7 @@ def build(members: list[PneumoniaClassifier], views: list[str]) -> PneumoniaClas
     for slot, member in zip(backbone.members, members, strict=True):
         slot.load_state_dict(member.backbone.state_dict())
     trained_from_scratch = all(member.trained_from_scratch for member in members)
-    return PneumoniaClassifier(backbone.eval(), "timm", dict(first.data_config), trained_from_scratch=trained_from_scratch, test_time_views=views)
+    return PneumoniaClassifier(backbone.eval(), dict(first.data_config), trained_from_scratch=trained_from_scratch, test_time_views=views)
 
 
 def fp16_members(classifier: PneumoniaClassifier, validation, views: list[str], logits, labels, tolerance: float) -> tuple[list[str], float]:
@@ -120,12 +119,10 @@ def fp16_members(classifier: PneumoniaClassifier, validation, views: list[str], 
     probabilities stay within `tolerance` of fp32; and the largest change of those kept (with none kept, the
     smallest change tried)."""
     temperature = metrics.fit_temperature(logits, labels)
-    reference = metrics.probabilities(logits, temperature)[:, 1]
     half, kept, tried = [], 0.0, []
     for index in range(len(classifier.backbone.members)):
         trial = half + [f"members.{index}"]
-        rounded = evaluate(classifier.fp16_rounded(trial), validation, Accelerator(), views)[0]
-        change = float(np.abs(metrics.probabilities(rounded, temperature)[:, 1] - reference).max())
+        change = metrics.probability_change(logits, predict_logits(classifier.fp16_rounded(trial), validation, Accelerator(), views)[0], temperature)
         logger.info("fp16 for %s: validation probabilities move by up to %.5f (tolerance %g)", ", ".join(trial), change, tolerance)
         tried.append(change)
         if change <= tolerance:
@@ -154,12 +151,12 @@ def assemble(
     min_sensitivity = min_sensitivity or runs[0].get("min_sensitivity", 0.95)
     classifier = build(classifiers, views)
     validation = split_loader(classifier, validation_split_of(sources[0].path))
-    logits, labels = evaluate(classifier, validation, Accelerator(), views)
+    logits, labels = predict_logits(classifier, validation, Accelerator(), views)
     half, fp16_change = fp16_members(classifier, validation, views, logits, labels, fp16_tolerance) if save_fp16 else ([], None)
     if half:  # everything below is measured on the weights as stored
         classifier = classifier.fp16_rounded(half)
-        logits, labels = evaluate(classifier, validation, Accelerator(), views)
-    test_dev = evaluate(classifier, split_loader(classifier, test_dev_set), Accelerator(), views) if test_dev_set is not None else None
+        logits, labels = predict_logits(classifier, validation, Accelerator(), views)
+    test_dev = predict_logits(classifier, split_loader(classifier, test_dev_set), Accelerator(), views) if test_dev_set is not None else None
 
     first = sources[0]
     output = ModelFolder(output_dir)

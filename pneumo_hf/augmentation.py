@@ -67,6 +67,9 @@ class BatchAugment(nn.Module):
         self.geometric = K.AugmentationSequential(*geometric) if geometric else None
         self.noise = K.AugmentationSequential(*noise) if noise else None
         self.erasing = K.RandomErasing(p=random_erasing, value=0.0) if random_erasing > 0 else None
+        from .transforms import normalise  # not at the top: transforms imports this module's Augmentation
+
+        self.normalise = normalise
         self.register_buffer("mean", torch.tensor(data_config["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(data_config["std"]).view(1, -1, 1, 1), persistent=False)
 
@@ -77,7 +80,7 @@ class BatchAugment(nn.Module):
             x = self.geometric(x).clamp(0.0, 1.0)
         if self.noise is not None:
             x = self.noise(x)
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std  # buffers: on the device with the module
+        x = self.normalise(x.expand(-1, 3, -1, -1), self.mean, self.std)  # buffers: on the device with the module
         if self.erasing is not None:  # timm's --remode pixel: the erased rectangle holds normal noise
             erased = self.erasing(torch.ones_like(x[:, :1])) == 0
             x = torch.where(erased, torch.randn_like(x), x)

@@ -17,11 +17,11 @@ import numpy as np
 from accelerate import Accelerator
 
 from . import metrics
+from .card import readable_split, write_model_card
 from .data import DataError, load_evaluation_set, patient_halves
 from .errors import ArgumentError
-from .evaluation import evaluate, split_loader
+from .evaluation import predict_logits, split_loader
 from .folder import CALIBRATION, SUMMARY, ModelFolder
-from .hub import readable_split, write_model_card
 from .models import PneumoniaClassifier, resolve_model_folder
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def calibrate_folder(model: str, data_dir: str, min_sensitivity: float, output_d
     labels_present = set(films["label"])
     if labels_present != {0, 1}:
         raise DataError(f"{data_dir} holds films of one label only; calibration needs NORMAL and PNEUMONIA films.")
-    logits, labels = evaluate(classifier, split_loader(classifier, films), Accelerator(), classifier.test_time_views)
+    logits, labels = predict_logits(classifier, split_loader(classifier, films), Accelerator(), classifier.test_time_views)
     stored = (classifier.temperature, classifier.intercept, classifier.threshold)
     temperature, intercept, threshold = fit_site_calibration(logits, labels, min_sensitivity, method)
     before, after = figures_of(labels, logits, *stored), figures_of(labels, logits, temperature, intercept, threshold)

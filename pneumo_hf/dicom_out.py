@@ -32,6 +32,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from .errors import UserError
+from .labels import NOT_A_DEVICE, POSITIVE_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ THRESHOLD = Code("THRESHOLD", "99PNEUMOHF", "Decision threshold")
 CHEST_X_RAY = Code("399208008", "SCT", "Plain chest X-ray")
 COMMENT = Code("121106", "DCM", "Comment")
 UNITY = Code("1", "UCUM", "no units")
-NOT_A_DEVICE = "Not a medical device: a research model trained on pediatric (age 1-5) frontal chest films from one hospital; do not use it to diagnose or treat anyone."
 LEDGER = "stored.json"
 REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")  # what a report must name of its film
 
@@ -81,7 +81,7 @@ def structured_report(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="pneumonia classification"),
         algorithm_id=algorithm,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(FINDING, PNEUMONIA if decision == "PNEUMONIA" else NORMAL)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(FINDING, PNEUMONIA if decision == POSITIVE_LABEL else NORMAL)],
         measurements=[
             hd.sr.Measurement(name=PROBABILITY, value=float(probability), unit=UNITY, algorithm_id=algorithm),
             hd.sr.Measurement(name=THRESHOLD, value=float(threshold), unit=UNITY, algorithm_id=algorithm),

@@ -36,7 +36,7 @@ from .models import ModelError, PneumoniaClassifier
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DOMAIN_WARNING", "DOMAIN_WARNINGS", "INVERTED_WARNING", "KINDS", "VERY_UNLIKE_WARNING", "DomainCheck", "crossfit_flagged", "cut_for", "default_grid", "embedding_model", "first_convolution", "film_statistics", "fit_domain_check", "pooled_embedding", "reference_statistics", "with_site_films"]
+__all__ = ["DOMAIN_WARNING", "DOMAIN_WARNINGS", "INVERTED_WARNING", "KINDS", "VERY_UNLIKE_WARNING", "DomainCheck", "crossfit_flagged", "cut_for", "default_grid", "film_statistics", "fit_domain_check", "pooled_embedding", "reference_statistics", "with_site_films"]
 
 FEATURES = "first-conv channel mean, std, grid mean and mean magnitude (v2)"
 POOLED = "pooled embedding of the first member (v1)"  # for pretrained backbones: their features did not learn to ignore an adult's chest
@@ -61,26 +61,6 @@ DOMAIN_WARNINGS = (DOMAIN_WARNING, INVERTED_WARNING, VERY_UNLIKE_WARNING)
 # the shipped check, every generated document and noise image of `pneumo-hf fit-domain-check` and 9 of 10 screenshots
 # beyond 2 (docs/domain-check.md). Inverted films are told by their negative instead.
 VERY_UNLIKE_CUTS = 2.0
-
-
-def first_convolution(classifier: PneumoniaClassifier) -> Optional[nn.Conv2d]:
-    """The model's first convolution (timm names it in `pretrained_cfg["first_conv"]`), or None."""
-    backbone = classifier.backbone
-    if classifier.family == "timm":
-        name = backbone.pretrained_cfg.get("first_conv")
-        module = backbone.get_submodule(name) if name else None
-        return module if isinstance(module, nn.Conv2d) else None
-    return next((module for module in backbone.modules() if isinstance(module, nn.Conv2d)), None)
-
-
-def embedding_model(classifier: PneumoniaClassifier) -> Optional[nn.Module]:
-    """The timm CNN whose pooled embedding the "pooled" check reads: the model itself, or an ensemble's first member
-    (fed the ensemble's own input); None when it has no pooling head."""
-    from .ensemble import Ensemble
-
-    backbone = classifier.backbone
-    model = backbone.members[0] if isinstance(backbone, Ensemble) else backbone
-    return model if classifier.family == "timm" and hasattr(model, "forward_head") else None
 
 
 def pooled_embedding(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -173,7 +153,7 @@ class DomainCheck:
             logger.info("%s has no domain check: films unlike the training films get no warning (fit one with `pneumo-hf fit-domain-check`).", folder)
             return None
         kind = settings.pop("features", None)
-        module = first_convolution(classifier) if kind == FEATURES else embedding_model(classifier) if kind == POOLED else None
+        module = classifier.adapter.first_convolution() if kind == FEATURES else classifier.adapter.embedding_model() if kind == POOLED else None
         if module is None:
             logger.warning("%s has a domain check of another kind (%s) than its model takes; it is not used (refit it with `pneumo-hf fit-domain-check`).", folder, kind)
             return None
@@ -258,11 +238,11 @@ def fit_domain_check(
 
     features = KINDS[kind]
     if kind == "pooled":
-        module, grid = embedding_model(classifier), None
+        module, grid = classifier.adapter.embedding_model(), None
         if module is None:
             raise ModelError(f"{classifier.architecture} has no pooled embedding to take film statistics from; use the first_conv check.")
     else:
-        module = first_convolution(classifier)
+        module = classifier.adapter.first_convolution()
         if module is None:
             raise ModelError(f"{classifier.architecture} has no first convolution to take film statistics from.")
         grid = grid or default_grid(module)

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
+from .card import readable_split
 from .data import patient_halves, patient_id
 from .domain import SHRINKAGE, DomainCheck, crossfit_flagged, fit_domain_check
 from .errors import ArgumentError
 from .evaluation import run_splits
 from .folder import ARGUMENTS, ModelFolder
-from .hub import readable_split
 from .imaging import IMAGE_SUFFIXES, ImageError, load_image
 from .labels import LABEL2ID
 from .models import PneumoniaClassifier, resolve_model_folder

@@ -13,6 +13,7 @@ preprocessing in `model_args`) and one `model.safetensors`, loadable by name onc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import timm
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
+
+from .transforms import denormalise, normalise
 
 __all__ = ["Ensemble", "member_spec"]
 
@@ -54,26 +57,26 @@ class Ensemble(nn.Module):
     def member_inputs(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """The batch as each member wants it: the first member's own, the others resized and renormalised."""
         first = self.specs[0]
-        pixels = pixel_values * _channels(first["std"], pixel_values) + _channels(first["mean"], pixel_values)
+        pixels = denormalise(pixel_values, first["mean"], first["std"])
         inputs = []
         for spec in self.specs:
             if spec["input_size"] == first["input_size"] and spec["mean"] == first["mean"] and spec["std"] == first["std"]:
                 inputs.append(pixel_values)
                 continue
             resized = F.interpolate(pixels, size=tuple(spec["input_size"][-2:]), mode="bilinear", antialias=True, align_corners=False)
-            inputs.append((resized - _channels(spec["mean"], resized)) / _channels(spec["std"], resized))
+            inputs.append(normalise(resized, spec["mean"], spec["std"]))
         return inputs
 
     def get_classifier(self) -> nn.Module:
         return nn.Identity()  # no single head: heatmaps go through Grad-CAM on every member
 
+    def combine(self, member_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The ensemble's logits from its members': the mean of each divided by its temperature (the one definition,
+        for `forward` and for the heatmap's pass)."""
+        return torch.stack([logits / spec["temperature"] for logits, spec in zip(member_logits, self.specs, strict=True)]).mean(dim=0)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        logits = [member(x) / spec["temperature"] for member, spec, x in zip(self.members, self.specs, self.member_inputs(pixel_values), strict=True)]
-        return torch.stack(logits).mean(dim=0)
-
-
-def _channels(values: list[float], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+        return self.combine([member(x) for member, x in zip(self.members, self.member_inputs(pixel_values), strict=True)])
 
 
 default_cfgs = generate_default_cfgs(

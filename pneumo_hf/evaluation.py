@@ -20,20 +20,20 @@ from accelerate import Accelerator
 from torch import nn
 
 from . import metrics
+from .card import write_model_card
 from .data import DataError, collate, load_splits, skipping_unreadable
 from .folder import ARGUMENTS, RESULTS, SUMMARY, ModelFolder
-from .hub import write_model_card
 from .models import PneumoniaClassifier
 from .transforms import build_transform
 from .tta import logits_with_views
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "finalize", "fit_calibration", "run_splits", "score_split", "split_loader", "split_seed", "threshold_rule", "validation_split_of"]
+__all__ = ["finalize", "fit_calibration", "predict_logits", "run_splits", "score_split", "split_loader", "split_seed", "threshold_rule", "validation_split_of"]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator: Accelerator, views: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+def predict_logits(model: nn.Module, loader, accelerator: Accelerator, views: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Logits (averaged over test-time `views`, see `pneumo_hf.tta`) and labels of every image once,
     across all processes (`gather_for_metrics`)."""
     model.eval()
@@ -55,12 +55,12 @@ def score_split(classifier: PneumoniaClassifier, batches, accelerator: Optional[
     such batches (train/experiments/occlusion.py greys them first). The one scoring used by `pneumo-hf evaluate`,
     train/write_card.py and the experiments."""
     views = classifier.test_time_views if views is None else views
-    logits, labels = evaluate(classifier, batches, accelerator or Accelerator(), views)
+    logits, labels = predict_logits(classifier, batches, accelerator or Accelerator(), views)
     return metrics.probabilities(logits, classifier.temperature, classifier.intercept)[:, 1], labels
 
 
 def split_loader(classifier: PneumoniaClassifier, dataset: datasets.Dataset, batch_size: int = 64):
-    """A loader of `dataset` through the model's own preprocessing, for `evaluate` and `score_split`."""
+    """A loader of `dataset` through the model's own preprocessing, for `predict_logits` and `score_split`."""
     return torch.utils.data.DataLoader(skipping_unreadable(dataset, build_transform(classifier.data_config)), batch_size=batch_size, collate_fn=collate)
 
 

@@ -17,18 +17,17 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from .augmentation import BatchAugment
+from .augmentation import Augmentation, BatchAugment
 from .data import collate, dataset_films, skipping_unreadable
 from .films import FilmDataset
 from .models import PneumoniaClassifier
-from .training_args import TrainingArguments
-from .transforms import build_transform
+from .transforms import build_transform, normalise
 
 logger = logging.getLogger(__name__)
 
@@ -120,27 +119,25 @@ class CachedFilms(torch.utils.data.Dataset):
             return {"index": index, "error": "could not be decoded when the film cache was built", "source": f"row {index}"}
         film = torch.from_numpy(np.array(self.pixels[index]))[None]
         if not self.train:
-            film = (film.expand(3, -1, -1).float() / 255.0 - self.mean) / self.std
+            film = normalise(film.expand(3, -1, -1).float() / 255.0, self.mean, self.std)
         return {"pixel_values": film, "labels": self.labels[index]}
 
 
-def training_loaders(args: TrainingArguments, classifier: PneumoniaClassifier, train_set, validation_set):
+def training_loaders(
+    classifier: PneumoniaClassifier, train_set, validation_set, *, batch_size: int, eval_batch_size: int, num_workers: int = 0, film_cache: bool = True,
+    cache_dir: Optional[str] = None, augmentation: Augmentation = Augmentation(),
+):
     """The training and validation loaders, and the batch augmentation that goes with the first (None when the loader
-    augments film by film): over the film cache by default, else decoding JPEGs in workers every epoch."""
-    loader_kwargs = {"collate_fn": collate, "num_workers": args.dataloader_num_workers, "persistent_workers": args.dataloader_num_workers > 0}
-    if args.film_cache:
+    augments film by film): over the film cache (in `cache_dir`) by default, else decoding JPEGs in workers every epoch."""
+    loader_kwargs = {"collate_fn": collate, "num_workers": num_workers, "persistent_workers": num_workers > 0}
+    if film_cache:
         train_films, validation_films = (
-            cached_films(split, classifier.data_config, args.film_cache_dir, train=train, num_workers=args.dataloader_num_workers)
-            for split, train in ((train_set, True), (validation_set, False))
+            cached_films(split, classifier.data_config, cache_dir, train=train, num_workers=num_workers) for split, train in ((train_set, True), (validation_set, False))
         )
-        augment = BatchAugment(classifier.data_config, args.aug_strength, args.intensity_aug, args.random_erasing)
-        train_loader = torch.utils.data.DataLoader(train_films, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate)  # slicing a memmap needs no workers
-        return train_loader, torch.utils.data.DataLoader(validation_films, batch_size=args.per_device_eval_batch_size, collate_fn=collate), augment
-    train_loader = torch.utils.data.DataLoader(
-        skipping_unreadable(train_set, build_transform(classifier.data_config, train=True, aug_strength=args.aug_strength, random_erasing=args.random_erasing, intensity_aug=args.intensity_aug)),
-        batch_size=args.per_device_train_batch_size, shuffle=True, **loader_kwargs,
-    )
-    validation_loader = torch.utils.data.DataLoader(
-        skipping_unreadable(validation_set, build_transform(classifier.data_config)), batch_size=args.per_device_eval_batch_size, **loader_kwargs
-    )
+        augment = BatchAugment(classifier.data_config, augmentation.aug_strength, augmentation.intensity_aug, augmentation.random_erasing)
+        train_loader = torch.utils.data.DataLoader(train_films, batch_size=batch_size, shuffle=True, collate_fn=collate)  # slicing a memmap needs no workers
+        return train_loader, torch.utils.data.DataLoader(validation_films, batch_size=eval_batch_size, collate_fn=collate), augment
+    transform = build_transform(classifier.data_config, train=True, aug_strength=augmentation.aug_strength, random_erasing=augmentation.random_erasing, intensity_aug=augmentation.intensity_aug)
+    train_loader = torch.utils.data.DataLoader(skipping_unreadable(train_set, transform), batch_size=batch_size, shuffle=True, **loader_kwargs)
+    validation_loader = torch.utils.data.DataLoader(skipping_unreadable(validation_set, build_transform(classifier.data_config)), batch_size=eval_batch_size, **loader_kwargs)
     return train_loader, validation_loader, None

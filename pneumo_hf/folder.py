@@ -13,7 +13,7 @@ What a folder holds (what `pneumo_hf.evaluation.finalize` writes, the Hub stores
 | all_results.json | the figures: `test_dev_*`, `validation_*`, run facts | `finalize`, train/write_card.py |
 | training_args.json | the run's flags: its data and its validation split | `finalize` |
 | training_summary.json | how it was trained, for the card | `finalize` |
-| README.md | the model card | `pneumo_hf.hub.write_model_card` |
+| README.md | the model card | `pneumo_hf.card.write_model_card` |
 | SPLIT_roc_curve.png, ... | the plots of a split; training_curves.png | `finalize` |
 | domain_check.json, domain_check.safetensors | the domain check (`pneumo_hf.domain`) | training, `pneumo-hf fit-domain-check` |
 | calibration.json | a site's refit of temperature and threshold | `pneumo-hf calibrate` |
@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import shutil
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ADAPTATION", "ARGUMENTS", "BEST_MODEL", "CALIBRATION", "CARD", "CHECKPOINTS", "CONFIG", "DOMAIN_CHECK", "DOMAIN_CHECK_WEIGHTS", "MAINTAINERS",
-    "PLOTTED_SPLITS", "PLOT_KINDS", "RESULTS", "SUMMARY", "TRAINING_CURVES", "WEIGHTS", "ModelFolder", "plot_name",
+    "PLOTTED_SPLITS", "PLOT_KINDS", "RESULTS", "SUMMARY", "TRAINING_CURVES", "WEIGHTS", "Calibrated", "ModelFolder", "plot_name",
 ]
 
 CONFIG = "config.json"
@@ -54,6 +55,41 @@ BEST_MODEL = "best_model"
 CHECKPOINTS = "checkpoints"
 PLOT_KINDS = ("roc_curve", "confusion_matrix", "reliability")
 PLOTTED_SPLITS = ("test_dev", "validation")  # the card's and the page's order: the films it never saw first
+
+
+@dataclass
+class Calibrated:
+    """What pneumo_hf adds to timm's or transformers' config.json: how the logits become a decision, and where the
+    weights began. Written without the keys that hold nothing (an intercept of 0, no base model, no packaged weights),
+    so folders from before each key read back as they were."""
+
+    decision_threshold: float = 0.5
+    calibration_temperature: float = 1.0
+    calibration_intercept: float = 0.0  # Platt's, on the PNEUMONIA logit after the temperature
+    test_time_views: list[str] = field(default_factory=list)
+    trained_from_scratch: bool = True
+    base_model: Optional[str] = None  # the checkpoint it was fine-tuned from: a Hub id, or a local folder
+    base_model_revision: Optional[str] = None
+    weights_source: Optional[dict[str, Any]] = None  # a packaged checkpoint's package, version, file and sha256
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Calibrated:
+        """Read from a config.json (defaults where a key is absent)."""
+        found = cls(**{spec.name: config[spec.name] for spec in fields(cls) if config.get(spec.name) is not None})
+        found.test_time_views = list(found.test_time_views)
+        return found
+
+    def config(self) -> dict[str, Any]:
+        """As config.json holds it."""
+        return {
+            "decision_threshold": self.decision_threshold,
+            "calibration_temperature": self.calibration_temperature,
+            **({"calibration_intercept": self.calibration_intercept} if self.calibration_intercept else {}),
+            "test_time_views": list(self.test_time_views),
+            "trained_from_scratch": self.trained_from_scratch,
+            **({"base_model": self.base_model, "base_model_revision": self.base_model_revision} if self.base_model else {}),
+            **({"weights_source": self.weights_source} if self.weights_source else {}),
+        }
 
 
 def plot_name(split: str, kind: str) -> str:
@@ -85,11 +121,12 @@ class ModelFolder:
         self.file(name).write_text(json.dumps(content, indent=2))
 
     def set_calibration(self, temperature: float, threshold: float, intercept: float = 0.0) -> None:
-        """A new temperature (and Platt intercept, stored only when not 0) and decision threshold in config.json; the
-        weights stay as they are."""
-        config = {key: value for key, value in self.read(CONFIG).items() if key != "calibration_intercept"}
-        config.update({"decision_threshold": threshold, "calibration_temperature": temperature, **({"calibration_intercept": intercept} if intercept else {})})
-        self.write(CONFIG, config)
+        """A new temperature (and Platt intercept) and decision threshold in config.json; the weights stay as they are."""
+        config = self.read(CONFIG)
+        calibrated = Calibrated.of(config)
+        calibrated.calibration_temperature, calibrated.decision_threshold, calibrated.calibration_intercept = temperature, threshold, intercept
+        ours = {spec.name for spec in fields(Calibrated)}
+        self.write(CONFIG, {**{key: value for key, value in config.items() if key not in ours}, **calibrated.config()})
 
     def domain_check_tensors(self) -> dict:
         from safetensors.torch import load_file

@@ -26,7 +26,7 @@ from .folding import fold_batch_norms
 from .imaging import ImageSource, load_image, xray_warnings
 from .labels import LABEL2ID, LABELS, POSITIVE_LABEL
 from .models import ModelError, PneumoniaClassifier, resolve_model_folder
-from .transforms import build_transform
+from .transforms import build_transform, denormalise, normalise
 from .tta import logits_with_views
 
 logger = logging.getLogger(__name__)
@@ -56,11 +56,11 @@ class Predictor:
         """With `fold_norms`, a timm CNN's batch norms are folded into its convolutions, in place (pneumo_hf.folding):
         for a classifier the predictor owns, as `load_predictor` gives it; a caller's own model is left as it is."""
         self.classifier = classifier.eval()
-        if classifier.family == "timm":  # a quarter less CPU per film for the CNNs (docs/speed.md)
+        if classifier.adapter.is_cnn:  # a quarter less CPU per film for the CNNs (docs/speed.md)
             self.classifier.to(memory_format=torch.channels_last)
         self.folder = folder  # the model folder, for its card and plots
         self.domain = DomainCheck.load(folder, classifier) if folder else None  # flags films unlike the training films
-        if fold_norms and classifier.family == "timm":  # after the domain check took its modules: a features check reads the first convolution unfolded
+        if fold_norms and classifier.adapter.is_cnn:  # after the domain check took its modules: a features check reads the first convolution unfolded
             example = torch.rand(1, *classifier.data_config["input_size"], generator=torch.Generator().manual_seed(0))
             fold_batch_norms(classifier.backbone, example.to(next(classifier.parameters())))
         if self.domain is not None:
@@ -102,7 +102,7 @@ class Predictor:
         buffer = DicomBytesIO()
         source.save_as(buffer, enforce_file_format=False)
         prediction = self.predict(buffer.getvalue())
-        return structured_report(source, prediction.decision, prediction.probabilities["PNEUMONIA"], prediction.threshold, prediction.warnings, identity_of(self))
+        return structured_report(source, prediction.decision, prediction.probabilities[POSITIVE_LABEL], prediction.threshold, prediction.warnings, identity_of(self))
 
     def predict_batch(self, sources: Sequence[ImageSource], heatmap: bool = False) -> list[Prediction]:
         """Several images, with their test-time views, in one forward pass. Raises `ImageError` for the
@@ -113,12 +113,12 @@ class Predictor:
     def predict_images(self, images: Sequence[Image.Image], pixel_values: torch.Tensor, heatmap: bool = False, warnings: Optional[Sequence[list[str]]] = None) -> list[Prediction]:
         """Decoded `images` and their `self.transform`ed `pixel_values` (a batch): what a DataLoader that decodes
         in its workers hands over. `warnings` per image when the workers computed them too."""
-        scores, maps = self.scores(pixel_values, heatmap)
+        probabilities, maps = self.probabilities(pixel_values, heatmap)
         warnings = warnings if warnings is not None else [xray_warnings(image) for image in images]
         if self.domain is not None:
             sentences = self.domain_warnings(pixel_values, seen=True)
             warnings = [[sentence, *notes] if sentence else list(notes) for sentence, notes in zip(sentences, warnings, strict=True)]
-        return [self._prediction(*row) for row in zip(images, scores, maps, warnings, strict=True)]
+        return [self._prediction(*row) for row in zip(images, probabilities, maps, warnings, strict=True)]
 
     def domain_warnings(self, pixel_values: torch.Tensor, seen: bool = False) -> list[Optional[str]]:
         """The domain check's sentence for each film of a normalised batch (None when it looks like the training
@@ -131,11 +131,10 @@ class Predictor:
 
     def _negatives(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The normalised batch of the films' negatives (1 − x before normalisation), without decoding them again."""
-        mean = torch.tensor(self.classifier.data_config["mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(self.classifier.data_config["std"]).view(1, -1, 1, 1)
-        return (1.0 - 2.0 * mean) / std - pixel_values
+        config = self.classifier.data_config
+        return normalise(1.0 - denormalise(pixel_values, config["mean"], config["std"]), config["mean"], config["std"])
 
-    def scores(self, pixel_values: torch.Tensor, heatmap: bool = False) -> tuple[np.ndarray, list[Optional[np.ndarray]]]:
+    def probabilities(self, pixel_values: torch.Tensor, heatmap: bool = False) -> tuple[np.ndarray, list[Optional[np.ndarray]]]:
         """Calibrated probabilities (batch, 2) of a normalised batch, averaged over the stored test-time views, and
         with `heatmap` the PNEUMONIA heatmaps at the model's input size (else Nones)."""
         views = self.classifier.test_time_views
@@ -155,8 +154,8 @@ class Predictor:
         """The label at the model's stored threshold for a PNEUMONIA probability."""
         return POSITIVE_LABEL if pneumonia >= self.threshold else LABELS[1 - LABEL2ID[POSITIVE_LABEL]]
 
-    def _prediction(self, image: Image.Image, scores: np.ndarray, cam: Optional[np.ndarray], warnings: list[str]) -> Prediction:
-        probabilities = {name: float(scores[i]) for i, name in enumerate(LABELS)}
+    def _prediction(self, image: Image.Image, probabilities: np.ndarray, cam: Optional[np.ndarray], warnings: list[str]) -> Prediction:
+        probabilities = {name: float(probabilities[i]) for i, name in enumerate(LABELS)}
         heatmap = None if cam is None else _resize(cam, image.size)
         return Prediction(probabilities, self.decide(probabilities[POSITIVE_LABEL]), self.threshold, image, heatmap, warnings)
 

@@ -33,7 +33,7 @@ def pooled_features(classifier: PneumoniaClassifier, films: torch.utils.data.Dat
     normalised inputs), computed once for these films and these backbone weights and kept beside the film cache."""
     from .data import collate
 
-    if classifier.family != "timm" or not hasattr(classifier.backbone, "forward_head"):
+    if classifier.adapter.embedding_model() is not classifier.backbone:
         raise ModelError(f"--linear_probe needs a timm backbone with a pooling head; {classifier.architecture} is a {classifier.family} model.")
     backbone = classifier.backbone
     head = backbone.pretrained_cfg.get("classifier") or "classifier"

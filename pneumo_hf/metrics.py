@@ -16,7 +16,7 @@ from scipy.special import log_softmax, softmax
 from sklearn import metrics as skm
 
 from .folder import PLOT_KINDS, plot_name
-from .labels import LABELS
+from .labels import LABELS, POSITIVE_LABEL
 
 __all__ = [
     "classification_metrics",
@@ -44,6 +44,12 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, intercept: float
     if intercept:
         scaled = scaled + np.array([0.0, intercept])
     return softmax(scaled, axis=1)
+
+
+def probability_change(logits: np.ndarray, rounded_logits: np.ndarray, temperature: float) -> float:
+    """The largest change of a calibrated P(PNEUMONIA) between two sets of logits of the same films: how far storing
+    the weights in fp16 moves a prediction (training and ensembles store fp16 only within a tolerance of it)."""
+    return float(np.abs(probabilities(rounded_logits, temperature)[:, 1] - probabilities(logits, temperature)[:, 1]).max())
 
 
 def fit_platt(logits: np.ndarray, labels: Sequence[int]) -> tuple[float, float]:
@@ -171,7 +177,7 @@ def plot_roc(labels: Sequence[int], scores: Sequence[float], path: Path, title: 
     """The ROC curve, with the operating point of `threshold` marked when given."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    skm.RocCurveDisplay.from_predictions(labels, scores, ax=ax, name=LABELS[1])
+    skm.RocCurveDisplay.from_predictions(labels, scores, ax=ax, name=POSITIVE_LABEL)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     if threshold is not None:
         found = classification_metrics(labels, scores, threshold)

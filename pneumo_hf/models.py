@@ -27,7 +27,8 @@ from torch import nn
 
 from . import ensemble, keras_cnn  # noqa: F401  (register `pneumo_ensemble` and `keras_cnn` with timm, so they build and load by name)
 from .errors import UserError
-from .folder import CONFIG, ModelFolder
+from .families import family_of
+from .folder import CONFIG, Calibrated, ModelFolder
 from .hub import hub_reachable
 from .labels import ID2LABEL, LABEL2ID, LABELS
 
@@ -53,7 +54,6 @@ class PneumoniaClassifier(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
-        family: str,
         data_config: dict[str, Any],
         threshold: float = 0.5,
         temperature: float = 1.0,
@@ -66,7 +66,7 @@ class PneumoniaClassifier(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
-        self.family = family
+        self.adapter = family_of(backbone)  # what the rest asks of the backbone, answered per family
         self.data_config = data_config
         self.threshold = threshold
         self.temperature = temperature
@@ -78,16 +78,17 @@ class PneumoniaClassifier(nn.Module):
         self.weights_source = weights_source  # where a packaged checkpoint's weights came from (pneumo_hf.checkpoints)
 
     @property
+    def family(self) -> str:
+        """"timm" or "transformers": whose Hub format the folder is in."""
+        return self.adapter.name
+
+    @property
     def architecture(self) -> str:
-        if self.family == "timm":
-            return self.backbone.pretrained_cfg["architecture"]
-        return self.backbone.config.model_type
+        return self.adapter.architecture
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits of shape (batch, 2), before temperature."""
-        if self.family == "timm":
-            return self.backbone(pixel_values)
-        return self.backbone(pixel_values=pixel_values).logits
+        return self.adapter.logits(pixel_values)
 
     def fp16_rounded(self, modules: Sequence[str] = ()) -> PneumoniaClassifier:
         """A copy whose weights (only those of the backbone's submodules `modules`, when given) are rounded to fp16
@@ -101,72 +102,44 @@ class PneumoniaClassifier(nn.Module):
         for the backbone's submodules named in `half` (an ensemble's `members.1`) only."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        extras = {
-            "decision_threshold": self.threshold,
-            "calibration_temperature": self.temperature,
-            **({"calibration_intercept": self.intercept} if self.intercept else {}),
-            "test_time_views": list(self.test_time_views),
-            "trained_from_scratch": self.trained_from_scratch,
-            **({"base_model": self.base_model, "base_model_revision": self.base_model_revision} if self.base_model else {}),
-            **({"weights_source": self.weights_source} if self.weights_source else {}),
-        }
+        extras = Calibrated(
+            self.threshold, self.temperature, self.intercept, list(self.test_time_views), self.trained_from_scratch, self.base_model, self.base_model_revision, self.weights_source
+        ).config()
         backbone = _halve(copy.deepcopy(self.backbone), () if half is True else half) if half else self.backbone
-        if self.family == "timm":
-            data_config = {key: self.data_config[key] for key in ("input_size", "mean", "std", "interpolation")}
-            timm.models.save_for_hf(backbone, folder, model_config={"label_names": list(LABELS), **extras}, data_config=data_config, safe_serialization=True)
-            _drop_num_classes_from_model_args(ModelFolder(folder))
-            return
-        from transformers import ViTImageProcessor
-
-        backbone.config.update(extras)
-        backbone.save_pretrained(folder)
-        height, width = self.data_config["input_size"][-2:]
-        ViTImageProcessor(size={"height": height, "width": width}, image_mean=list(self.data_config["mean"]), image_std=list(self.data_config["std"])).save_pretrained(folder)
+        self.adapter.save(backbone, folder, extras, self.data_config, list(LABELS))
 
     @classmethod
     def from_pretrained(cls, name_or_path: Union[str, Path]) -> PneumoniaClassifier:
         """Load a model folder, local or a Hub repo id."""
         folder = resolve_model_folder(name_or_path)
         config = ModelFolder(folder).read(CONFIG)
+        stored = Calibrated.of(config)
         extras = {
-            "threshold": float(config.get("decision_threshold", 0.5)),
-            "temperature": float(config.get("calibration_temperature", 1.0)),
-            "intercept": float(config.get("calibration_intercept", 0.0)),
-            "trained_from_scratch": bool(config.get("trained_from_scratch", True)),
-            "test_time_views": tuple(config.get("test_time_views", ())),
-            "base_model": config.get("base_model"),
-            "base_model_revision": config.get("base_model_revision"),
-            "weights_source": config.get("weights_source"),
+            "threshold": float(stored.decision_threshold), "temperature": float(stored.calibration_temperature), "intercept": float(stored.calibration_intercept),
+            "trained_from_scratch": bool(stored.trained_from_scratch), "test_time_views": tuple(stored.test_time_views), "base_model": stored.base_model,
+            "base_model_revision": stored.base_model_revision, "weights_source": stored.weights_source,
         }
         if "architecture" in config:
             labels = tuple(config.get("label_names") or ())
             if labels != LABELS:
                 raise ModelError(f"{folder} has labels {labels}; a pneumo_hf model needs {LABELS}.")
             backbone = timm.create_model(f"local-dir:{folder}", pretrained=True)
-            return cls(backbone, "timm", _timm_data_config(backbone), **extras)
+            return cls(backbone, _timm_data_config(backbone), **extras)
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         backbone = AutoModelForImageClassification.from_pretrained(folder)
         labels = tuple(backbone.config.id2label[i] for i in range(backbone.config.num_labels))
         if labels != LABELS:
             raise ModelError(f"{folder} has labels {labels}; a pneumo_hf model needs {LABELS}.")
-        return cls(backbone, "transformers", _processor_data_config(AutoImageProcessor.from_pretrained(folder)), **extras)
+        return cls(backbone, _processor_data_config(AutoImageProcessor.from_pretrained(folder)), **extras)
 
 
 def head_of(classifier: PneumoniaClassifier) -> nn.Module:
     """The two-class head that replaced the checkpoint's: timm's `get_classifier()`, transformers' `classifier`."""
-    head = classifier.backbone.get_classifier() if classifier.family == "timm" else getattr(classifier.backbone, "classifier", None)
+    head = classifier.adapter.head()
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         raise ModelError(f"{classifier.architecture} has no separate classifier head to train alone; drop --freeze_backbone_epochs.")
     return head
-
-
-def _drop_num_classes_from_model_args(folder: ModelFolder) -> None:
-    """transformers' TimmWrapper passes num_classes itself and fails when model_args repeats it;
-    timm reads it from the top-level `num_classes` as well, so the copy in model_args is redundant."""
-    config = folder.read(CONFIG)
-    config.get("model_args", {}).pop("num_classes", None)
-    folder.write(CONFIG, config)
 
 
 def _halve(backbone: nn.Module, modules: Sequence[str]) -> nn.Module:
@@ -251,16 +224,15 @@ def from_checkpoint(folder: Path, repo_id: Optional[str] = None, image_size: Opt
         kwargs: dict[str, Any] = {"num_classes": len(LABELS), "drop_rate": drop_rate}
         backbone = _create_timm(f"local-dir:{folder}", True, kwargs, image_size)
         data_config = _timm_data_config(backbone)
-        family = "timm"
     elif "model_type" in config:
         backbone, data_config = _load_transformers_checkpoint(folder, config, image_size)
-        family = "transformers"
     else:
         raise ModelError(f"{ModelFolder(folder).file(CONFIG)} is neither timm's format (`architecture`) nor transformers' (`model_type`).")
     if image_size:
         data_config["input_size"] = (3, image_size, image_size)
-    logger.info("Loaded %s weights of %s from %s with a new %d-class head: fine-tuning, not training from scratch.", family, config.get("architecture") or config["model_type"], source, len(LABELS))
-    return PneumoniaClassifier(backbone, family, data_config, trained_from_scratch=False, base_model=repo_id or str(folder), base_model_revision=revision, weights_source=config.get("weights_source"))
+    classifier = PneumoniaClassifier(backbone, data_config, trained_from_scratch=False, base_model=repo_id or str(folder), base_model_revision=revision, weights_source=config.get("weights_source"))
+    logger.info("Loaded %s weights of %s from %s with a new %d-class head: fine-tuning, not training from scratch.", classifier.family, classifier.architecture, source, len(LABELS))
+    return classifier
 
 
 def _load_transformers_checkpoint(folder: Path, config: dict[str, Any], image_size: Optional[int]) -> tuple[nn.Module, dict[str, Any]]:
@@ -288,7 +260,7 @@ def _build_timm(name: str, image_size: Optional[int], drop_rate: float) -> Pneum
     if image_size:
         data_config["input_size"] = (3, image_size, image_size)
     logger.info("Built timm %s (random init: trained from scratch).", name)
-    return PneumoniaClassifier(backbone, "timm", data_config)
+    return PneumoniaClassifier(backbone, data_config)
 
 
 def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any], image_size: Optional[int]) -> nn.Module:
@@ -329,7 +301,7 @@ def _build_transformers_from_scratch(model_type: str, image_size: Optional[int],
     size = getattr(config, "image_size", None) or image_size or 224
     mean, std = _TRANSFORMERS_MEAN_STD
     logger.info("Built transformers %s from config (random init: trained from scratch).", model_type)
-    return PneumoniaClassifier(backbone, "transformers", {"input_size": (3, size, size), "mean": mean, "std": std, "interpolation": "bilinear"})
+    return PneumoniaClassifier(backbone, {"input_size": (3, size, size), "mean": mean, "std": std, "interpolation": "bilinear"})
 
 
 def _processor_data_config(processor) -> dict[str, Any]:

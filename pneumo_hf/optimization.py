@@ -2,12 +2,13 @@
 groups with timm's layer-wise learning-rate decay, a frozen backbone for the first epochs, and the lower layers frozen.
 
     criterion = make_loss("weighted_ce", class_weights(train_set["label"]))
-    optimizer = torch.optim.AdamW(parameter_groups(classifier, args), lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(parameter_groups(classifier, layer_decay=0.75, learning_rate=1e-3), lr=1e-3)
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,6 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from .models import ModelError, PneumoniaClassifier, head_of
-from .training_args import TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +38,15 @@ def make_loss(kind: str, weights: torch.Tensor, label_smoothing: float = 0.0, ga
     return focal
 
 
-def parameter_groups(classifier: PneumoniaClassifier, args: TrainingArguments) -> list:
-    """All parameters in one group, or with --layer_decay timm's layer-wise groups, their learning rates scaled
+def parameter_groups(classifier: PneumoniaClassifier, layer_decay: Optional[float] = None, weight_decay: float = 0.0, learning_rate: float = 1e-3) -> list:
+    """All parameters in one group, or with `layer_decay` timm's layer-wise groups, their learning rates scaled
     (get_cosine_schedule_with_warmup then scales each group's own rate)."""
-    if args.layer_decay is None:
+    if layer_decay is None:
         return [{"params": list(classifier.parameters())}]
-    groups = param_groups_layer_decay(classifier.backbone, weight_decay=args.weight_decay, layer_decay=args.layer_decay)
+    groups = param_groups_layer_decay(classifier.backbone, weight_decay=weight_decay, layer_decay=layer_decay)
     for group in groups:
-        group["lr"] = args.learning_rate * group["lr_scale"]
-    logger.info("Layer decay %g: %d parameter groups, learning-rate scales %.3g to %.3g.", args.layer_decay, len(groups), min(g["lr_scale"] for g in groups), max(g["lr_scale"] for g in groups))
+        group["lr"] = learning_rate * group["lr_scale"]
+    logger.info("Layer decay %g: %d parameter groups, learning-rate scales %.3g to %.3g.", layer_decay, len(groups), min(g["lr_scale"] for g in groups), max(g["lr_scale"] for g in groups))
     return groups
 
 
@@ -67,9 +67,10 @@ def freeze_lower_layers(classifier: PneumoniaClassifier, trainable_layers: int) 
     them; parameters it leaves out count as the top layer, with the head) have gradients; the modules below are in
     eval mode, and every batch norm keeps the checkpoint's statistics. Called after `model.train()`."""
     backbone = classifier.backbone
-    if classifier.family != "timm" or not hasattr(backbone, "group_matcher"):
+    group_matcher = classifier.adapter.layer_groups()
+    if group_matcher is None:
         raise ModelError(f"{classifier.architecture} has no timm layer grouping to count layers in; drop --trainable_layers.")
-    layer_of = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+    layer_of = group_parameters(backbone, group_matcher(coarse=False), reverse=True)
     top = max(layer_of.values())
     for name, parameter in backbone.named_parameters():
         parameter.requires_grad_(layer_of.get(name, top) > top - trainable_layers)

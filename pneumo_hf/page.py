@@ -12,20 +12,17 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+from .card import readable_split
 from .folder import DOMAIN_CHECK, ModelFolder
-from .hub import readable_split
 from .inference import Prediction, Predictor
-from .labels import LABELS
+from .labels import NOT_A_DEVICE, POSITIVE_LABEL
 from .metrics import plot_split
 from .records import FilmRecord
 from .site_check import MAX_FILMS, MAX_UNPACKED_BYTES
 
 __all__ = ["CHECK_NOTE", "HEATMAP_NOTE", "NOTICE", "percent", "about", "check_plots", "check_table", "deleted_within_minutes", "describe", "details_of", "model_notice", "privacy_line"]
 
-NOTICE = (
-    "**Not a medical device.** A research demo trained on pediatric (age 1–5) anterior-posterior chest films "
-    "from one hospital. Do not use it to diagnose or treat anyone."
-)
+NOTICE = f"**{NOT_A_DEVICE}**"
 
 HEATMAP_NOTE = (
     "Red marks where the model's evidence for PNEUMONIA is strongest: the whole model's, each part weighted as in its "
@@ -56,7 +53,7 @@ def describe(prediction: Optional[Prediction]) -> str:
     """What sits beside the decision: the calibrated probability, the threshold, and any warning."""
     if prediction is None:
         return ""
-    pneumonia = prediction.probabilities[LABELS[1]]
+    pneumonia = prediction.probabilities[POSITIVE_LABEL]
     lines = [f"⚠️ **{warning}**" for warning in prediction.warnings]
     lines += [f"Calibrated PNEUMONIA probability **{percent(pneumonia)}**; the model says PNEUMONIA from **{prediction.threshold:.1%}** up, so this film is **{prediction.decision}**."]
     return "\n\n".join(lines)

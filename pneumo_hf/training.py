@@ -30,10 +30,11 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import metrics
+from .augmentation import Augmentation
 from .data import class_weights, collate, load_evaluation_set
 from .domain import fit_domain_check
 from .errors import ArgumentError
-from .evaluation import evaluate, finalize, fit_calibration, run_splits, split_loader
+from .evaluation import finalize, fit_calibration, predict_logits, run_splits, split_loader
 from .film_cache import cached_films, training_loaders
 from .folder import BEST_MODEL, CHECKPOINTS, TRAINING_CURVES, ModelFolder
 from .hub import push_folder
@@ -84,9 +85,21 @@ class _Run:
     state: _State = field(default_factory=_State)
 
 
+def writable_folder(output_dir: str) -> Path:
+    """`output_dir`, created if need be; refused in one sentence when it cannot be written to."""
+    output = Path(output_dir)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / ".write_test").touch()
+        (output / ".write_test").unlink()
+    except OSError as error:
+        raise ArgumentError(f"--output_dir {output_dir} is not writable ({error.strerror}); choose another folder.") from error
+    return output
+
+
 def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     """Run the whole training and write the model folder to `args.output_dir`; returns all_results."""
-    output_dir = Path(args.output_dir)
+    output_dir = writable_folder(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -113,8 +126,13 @@ def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     if args.linear_probe and not args.resume_from_checkpoint:  # a resumed run's head comes from its checkpoint
         _fit_linear_probe(args, classifier, train_set)
     probe_seconds = time.time() - probe_started
-    train_loader, validation_loader, augment = training_loaders(args, classifier, train_set, validation_set)
-    optimizer = torch.optim.AdamW(parameter_groups(classifier, args), lr=args.learning_rate, weight_decay=args.weight_decay)
+    train_loader, validation_loader, augment = training_loaders(
+        classifier, train_set, validation_set, batch_size=args.per_device_train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
+        num_workers=args.dataloader_num_workers, film_cache=args.film_cache, cache_dir=args.film_cache_dir,
+        augmentation=Augmentation(args.aug_strength, args.intensity_aug, args.random_erasing),
+    )
+    groups = parameter_groups(classifier, layer_decay=args.layer_decay, weight_decay=args.weight_decay, learning_rate=args.learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
     # The prepared scheduler steps once per process per optimizer step, so it is sized on the whole
     # loader; the progress bar below counts this process's steps, on its shard of the loader.
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
@@ -170,7 +188,7 @@ def _validate(run: _Run, epoch: int, train_loss: float) -> None:
     """Score the validation split, log the epoch's row, and keep the weights as best_model when its ROC-AUC improved."""
     args, accelerator, state = run.args, run.accelerator, run.state
     validated = run.ema.module if run.ema is not None else run.model
-    logits, labels = evaluate(validated, run.validation_loader, accelerator)
+    logits, labels = predict_logits(validated, run.validation_loader, accelerator)
     row = _epoch_summary(epoch, train_loss, logits, labels)
     state.history.append(row)
     accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
@@ -282,7 +300,7 @@ def _choose_storage(args: TrainingArguments, logits: np.ndarray, fp16_logits: Op
     and the validation logits of the weights so stored."""
     if fp16_logits is None:
         return {"dtype": "float32", "fp16_max_change": None}, logits
-    change = float(np.abs(metrics.probabilities(fp16_logits, temperature)[:, 1] - metrics.probabilities(logits, temperature)[:, 1]).max())
+    change = metrics.probability_change(logits, fp16_logits, temperature)
     if change > args.fp16_tolerance:
         logger.warning("fp16 weights move a validation probability by %.4f, over --fp16_tolerance %g: the weights are stored in fp32.", change, args.fp16_tolerance)
         return {"dtype": "float32", "fp16_max_change": change}, logits
@@ -299,9 +317,9 @@ def _finish(run: _Run) -> dict[str, Any]:
     best = PneumoniaClassifier.from_pretrained(folder.file(BEST_MODEL))
     accelerator.unwrap_model(classifier).load_state_dict(best.state_dict())
     candidates = {"float32": classifier, **({"float16": classifier.fp16_rounded()} if args.save_fp16 else {})}
-    logits, labels = evaluate(classifier, validation_loader, accelerator, args.test_time_views)
-    fp16_logits = evaluate(candidates["float16"], validation_loader, accelerator, args.test_time_views)[0] if args.save_fp16 else None
-    test_dev = {dtype: evaluate(model, run.test_dev_loader, accelerator, args.test_time_views) for dtype, model in candidates.items()} if run.test_dev_loader else {}
+    logits, labels = predict_logits(classifier, validation_loader, accelerator, args.test_time_views)
+    fp16_logits = predict_logits(candidates["float16"], validation_loader, accelerator, args.test_time_views)[0] if args.save_fp16 else None
+    test_dev = {dtype: predict_logits(model, run.test_dev_loader, accelerator, args.test_time_views) for dtype, model in candidates.items()} if run.test_dev_loader else {}
     if not accelerator.is_main_process:
         return {}
     classifier.test_time_views = tuple(args.test_time_views)

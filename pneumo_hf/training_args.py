@@ -8,7 +8,6 @@ run_image_classification_no_trainer.py, each checked in `__post_init__` with a m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 from .errors import ArgumentError
@@ -110,10 +109,3 @@ class TrainingArguments:
             raise ArgumentError(f"--layer_decay {self.layer_decay}: give a factor in (0, 1], e.g. 0.75.")
         if not 0.5 <= self.min_sensitivity <= 1.0:
             raise ArgumentError(f"--min_sensitivity {self.min_sensitivity}: give a value between 0.5 and 1.")
-        output = Path(self.output_dir)
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-            (output / ".write_test").touch()
-            (output / ".write_test").unlink()
-        except OSError as error:
-            raise ArgumentError(f"--output_dir {self.output_dir} is not writable ({error.strerror}); choose another folder.") from error

@@ -15,7 +15,23 @@ from torchvision.transforms import InterpolationMode, v2
 
 from .augmentation import Augmentation
 
-__all__ = ["RandomGamma", "build_transform"]
+__all__ = ["RandomGamma", "build_transform", "denormalise", "normalise"]
+
+
+def normalise(films: torch.Tensor, mean, std) -> torch.Tensor:
+    """The model's input from 3-channel films in [0, 1] (channels third from last): (x − mean) / std per channel, as
+    `build_transform` ends; `mean` and `std` as a data_config gives them (or tensors). The one normalisation:
+    batch augmentation, the film cache, the ensemble's members and the films' negatives all go through it."""
+    return (films - _channels(mean, films)) / _channels(std, films)
+
+
+def denormalise(pixel_values: torch.Tensor, mean, std) -> torch.Tensor:
+    """The films in [0, 1] behind a normalised batch (`normalise` undone)."""
+    return pixel_values * _channels(std, pixel_values) + _channels(mean, pixel_values)
+
+
+def _channels(values, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(-1, 1, 1)
 
 
 class RandomGamma(v2.Transform):

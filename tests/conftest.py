@@ -110,18 +110,48 @@ def image_folder(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("xrays") / "train")
 
 
+def tiny_args(output: Path, image_folder: Path, **overrides):
+    """The arguments of every tiny run the tests train: resnet18 at 32 px, 2 epochs of batches of 8, a quarter of the
+    films for validation, no loader workers; `overrides` change any (`image_size=None`: the model's own)."""
+    from pneumo_hf.training import TrainingArguments
+
+    values = dict(output_dir=str(output), train_dir=str(image_folder), model_name_or_path="resnet18", image_size=32, num_train_epochs=2,
+                  per_device_train_batch_size=8, dataloader_num_workers=0, validation_fraction=0.25)
+    return TrainingArguments(**{**values, **overrides})
+
+
+def tiny_run(output: Path, image_folder: Path, **overrides) -> Path:
+    """A tiny run (`tiny_args`) trained into `output`."""
+    from pneumo_hf.training import train
+
+    train(tiny_args(output, image_folder, **overrides), command="pytest")
+    return Path(output)
+
+
 @pytest.fixture(scope="session")
 def trained_folder(tmp_path_factory, image_folder) -> Path:
     """A model folder written by a real two-epoch training run on the tiny images (which stand in for test_dev too)."""
-    from pneumo_hf.training import TrainingArguments, train
+    return tiny_run(tmp_path_factory.mktemp("runs") / "tiny", image_folder, test_dev_dir=str(image_folder))
 
-    output = tmp_path_factory.mktemp("runs") / "tiny"
-    args = TrainingArguments(
-        output_dir=str(output), train_dir=str(image_folder), model_name_or_path="resnet18", image_size=32,
-        num_train_epochs=2, per_device_train_batch_size=8, dataloader_num_workers=0, validation_fraction=0.25, test_dev_dir=str(image_folder),
-    )
-    train(args, command="pytest")
-    return output
+
+def predicts_as_its_logits(folder: Path, film) -> bool:
+    """Whether `load_predictor(folder)` (batch norms folded, stored views, temperature, intercept and threshold) gives
+    `film` the probability and decision computed from the stored classifier's own logits, the long way round."""
+    import torch
+
+    from pneumo_hf import load_predictor, metrics
+    from pneumo_hf.imaging import load_image
+    from pneumo_hf.models import PneumoniaClassifier
+    from pneumo_hf.transforms import build_transform
+    from pneumo_hf.tta import logits_with_views
+
+    prediction = load_predictor(folder).predict(film)
+    classifier = PneumoniaClassifier.from_pretrained(folder).float().eval()
+    with torch.no_grad():
+        logits = logits_with_views(classifier, build_transform(classifier.data_config)(load_image(film))[None], classifier.test_time_views)
+    pneumonia = metrics.probabilities(logits.numpy(), classifier.temperature, classifier.intercept)[0, 1]
+    decision = "PNEUMONIA" if pneumonia >= classifier.threshold else "NORMAL"
+    return abs(prediction.probabilities["PNEUMONIA"] - pneumonia) < 1e-4 and prediction.decision == decision
 
 
 SLOW_FIXTURES = {"trained_folder", "server", "default_server"}  # a training run or a live app behind them

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import tiny_run, write_image_folder
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -17,7 +17,6 @@ from pneumo_hf import load_predictor
 from pneumo_hf.checkpoints import write_checkpoint
 from pneumo_hf.commands import adapt
 from pneumo_hf.domain_fitting import fit_folder_check
-from pneumo_hf.training import TrainingArguments, train
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def probe(tmp_path_factory, image_folder) -> Path:
     lite0 = write_checkpoint("tf_efficientnet_lite0", tmp_path_factory.mktemp("checkpoints") / "lite0")
     output = tmp_path_factory.mktemp("probe") / "probe"
-    train(TrainingArguments(output_dir=str(output), train_dir=str(image_folder), model_name_or_path=str(lite0), image_size=64, per_device_train_batch_size=8,
-                            dataloader_num_workers=0, validation_fraction=0.25, linear_probe=True, num_train_epochs=0), command="pytest")
+    tiny_run(output, image_folder, model_name_or_path=str(lite0), image_size=64, linear_probe=True, num_train_epochs=0)
     fit_folder_check(str(output), features="pooled", max_flagged=0.1, crossfit_repeats=0)  # as the shipped probe's
     return output
 

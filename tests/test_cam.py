@@ -64,14 +64,14 @@ def _shipped_b0_member() -> PneumoniaClassifier:
     """The trained EfficientNet-B0 inside the shipped ensemble, on its own."""
     ensemble = PneumoniaClassifier.from_pretrained(DEFAULT_MODEL_DIR).backbone
     spec = ensemble.specs[0]
-    return PneumoniaClassifier(ensemble.members[0], "timm", {key: spec[key] for key in ("input_size", "mean", "std")}).eval()
+    return PneumoniaClassifier(ensemble.members[0], {key: spec[key] for key in ("input_size", "mean", "std")}).eval()
 
 
 @pytest.mark.parametrize("model", [lambda: _random_head("resnet18"), lambda: _random_head("resnet50"), lambda: _random_head("efficientnet_b0"), _shipped_b0_member], ids=["resnet18", "resnet50", "efficientnet_b0", "shipped_b0_member"])
 def test_one_pass_heatmap_equals_grad_cam_for_cnns(model):
     model = model()
     maker = HeatmapMaker(model)
-    assert maker.head is not None  # the class activation map path, no backward pass
+    assert maker.family.pooling_head is not None  # the class activation map path, no backward pass
     size = model.data_config["input_size"][-1]
     pixel_values = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
     maps, logits = maker(pixel_values)
@@ -91,7 +91,7 @@ def test_one_pass_heatmap_sends_the_views_through_in_the_same_batch():
 
 @pytest.mark.parametrize("name, kwargs", [*FAMILIES[2:], ("keras_cnn", {})])
 def test_transformers_and_dense_heads_keep_grad_cam(name, kwargs):
-    assert HeatmapMaker(build_classifier(name, image_size=64, **kwargs)).head is None
+    assert HeatmapMaker(build_classifier(name, image_size=64, **kwargs)).family.pooling_head is None
 
 
 @pytest.mark.parametrize("name", ["keras_cnn", "keras_cnn_wide"])

@@ -10,13 +10,14 @@ import matplotlib.cbook
 import pytest
 import timm
 import torch
+from conftest import tiny_run
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
 from pneumo_hf import checkpoints
 from pneumo_hf.checkpoints import PACKAGED, CheckpointError, map_state_dict, packaged_weights, write_checkpoint
-from pneumo_hf.training import TrainingArguments, train
+from pneumo_hf.training import TrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 MILITARY_UNIFORM = 652  # ImageNet's class for Grace Hopper's portrait
@@ -78,10 +79,7 @@ def test_the_command_writes_the_folder_and_refuses_unknown_names(tmp_path):
 
 
 def run(output: Path, image_folder: Path, lite0: Path, **overrides) -> Path:
-    values = dict(output_dir=str(output), train_dir=str(image_folder), model_name_or_path=str(lite0), image_size=64, per_device_train_batch_size=8,
-                  dataloader_num_workers=0, validation_fraction=0.25, learning_rate=1e-4, num_train_epochs=1)
-    train(TrainingArguments(**{**values, **overrides}), command="pytest")
-    return output
+    return tiny_run(output, image_folder, **{"model_name_or_path": str(lite0), "image_size": 64, "learning_rate": 1e-4, "num_train_epochs": 1, **overrides})
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pneumo_hf import load_predictor
-from pneumo_hf.dicom_out import NOT_A_DEVICE
 from pneumo_hf.examples import find_examples
+from pneumo_hf.labels import NOT_A_DEVICE
 
 ORTHANC = shutil.which("Orthanc")
 DCIODVFY = shutil.which("dciodvfy")

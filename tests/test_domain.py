@@ -105,7 +105,7 @@ def test_the_pooled_embedding_check_round_trips_and_an_ensemble_reads_its_first_
     """The check for pretrained backbones: the Mahalanobis distance of the pooled embedding (Ledoit-Wolf)."""
     import timm
 
-    from pneumo_hf.domain import POOLED, embedding_model
+    from pneumo_hf.domain import POOLED
     from pneumo_hf.ensemble import member_spec
     from pneumo_hf.models import PneumoniaClassifier
 
@@ -121,8 +121,8 @@ def test_the_pooled_embedding_check_round_trips_and_an_ensemble_reads_its_first_
     assert calls == [4], "the check reads the embedding of the prediction's own forward pass, not a second one"
     assert [p.warnings[0] if p.warnings and p.warnings[0] in DOMAIN_WARNINGS else None for p in predictions] == expected
     specs = [member_spec(classifier.backbone, classifier.data_config, 1.0)] * 2
-    ensemble = PneumoniaClassifier(timm.create_model("pneumo_ensemble", members=specs), "timm", classifier.data_config)
-    assert embedding_model(ensemble) is ensemble.backbone.members[0]  # an ensemble's check reads its first member
+    ensemble = PneumoniaClassifier(timm.create_model("pneumo_ensemble", members=specs), classifier.data_config)
+    assert ensemble.adapter.embedding_model() is ensemble.backbone.members[0]  # an ensemble's check reads its first member
 
 
 def test_a_folder_without_a_check_loads_predicts_and_says_so(tmp_path, caplog):

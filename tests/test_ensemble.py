@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import predicts_as_its_logits, tiny_run
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
 
 from pneumo_hf import load_predictor
-from pneumo_hf.cam import HeatmapMaker, grad_cam_scaled, member_evidence
+from pneumo_hf.cam import HeatmapMaker, grad_cam_scaled
 from pneumo_hf.ensemble import member_spec
+from pneumo_hf.families import family_of
 from pneumo_hf.models import PneumoniaClassifier, build_classifier
-from pneumo_hf.training import TrainingArguments, train
+from pneumo_hf.training import TrainingArguments
 from pneumo_hf.transforms import build_transform
 from pneumo_hf.tta import logits_with_views
 
@@ -52,7 +54,7 @@ def test_each_member_gets_the_film_as_its_own_preprocessing_makes_it():
 def test_a_pooling_members_evidence_adds_up_to_its_logit_margin():
     first, _, _ = random_ensemble()
     pixel_values = torch.randn(2, 3, 64, 64)
-    logits, evidence = member_evidence(first.backbone, pixel_values, 2)
+    logits, evidence = family_of(first.backbone).evidence(pixel_values, 2)
     head = first.backbone.get_classifier()
     # the class activation map of the PNEUMONIA − NORMAL row: its cells sum to the margin, less the head's bias
     assert torch.allclose(evidence.sum(dim=(1, 2)) + head.bias[1] - head.bias[0], logits[:, 1] - logits[:, 0], atol=1e-4)
@@ -64,7 +66,7 @@ def test_a_keras_members_evidence_is_pytorch_grad_cams_hirescam_at_its_last_relu
     _, second, _ = random_ensemble()
     member = second.backbone
     pixel_values = torch.rand(2, 3, 48, 48)
-    _, evidence = member_evidence(member, pixel_values, 2)
+    _, evidence = family_of(member).evidence(pixel_values, 2)
     reference = HiResCAM(model=member, target_layers=[member.blocks[-1][1]])
     expected = reference(input_tensor=pixel_values, targets=[lambda output: output[1] - output[0]] * 2)
     reference.activations_and_grads.release()
@@ -74,14 +76,14 @@ def test_a_keras_members_evidence_is_pytorch_grad_cams_hirescam_at_its_last_relu
 def test_the_ensemble_map_weighs_its_members_as_it_weighs_their_logits_and_follows_the_film():
     torch.manual_seed(0)  # random members whose maps hold evidence for PNEUMONIA in both films
     first, second, ensemble = random_ensemble()
-    classifier = PneumoniaClassifier(ensemble, "timm", dict(first.data_config), test_time_views=("hflip",))
+    classifier = PneumoniaClassifier(ensemble, dict(first.data_config), test_time_views=("hflip",))
     pixel_values = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     maps, logits = HeatmapMaker(classifier)(pixel_values, classifier.test_time_views)
     assert (maps.max(axis=(1, 2)) == 1.0).all()  # some evidence for PNEUMONIA in both films: the comparison below means something
     inputs = ensemble.member_inputs(pixel_values)
     combined = torch.zeros(2, 64, 64)
     for member, inputs_of, weight in ((first.backbone, inputs[0], 1 / (2 * 1.0)), (second.backbone, inputs[1], 1 / (2 * 2.0))):  # 1 / (members · temperature)
-        combined += weight * torch.nn.functional.interpolate(member_evidence(member, inputs_of, 2)[1][:, None], size=(64, 64), mode="bilinear")[:, 0]
+        combined += weight * torch.nn.functional.interpolate(family_of(member).evidence(inputs_of, 2)[1][:, None], size=(64, 64), mode="bilinear")[:, 0]
     combined = combined.clamp(min=0)
     assert np.allclose(maps, (combined / combined.amax(dim=(1, 2), keepdim=True)).numpy(), atol=1e-5)
     with torch.no_grad():
@@ -94,9 +96,7 @@ def test_the_ensemble_map_weighs_its_members_as_it_weighs_their_logits_and_follo
 def second_member(tmp_path_factory, image_folder, trained_folder) -> Path:
     """A keras_cnn validated on the trained_folder's split."""
     output = tmp_path_factory.mktemp("runs") / "keras"
-    train(TrainingArguments(output_dir=str(output), train_dir=str(image_folder), model_name_or_path="keras_cnn", image_size=40, num_train_epochs=1,
-                            per_device_train_batch_size=8, dataloader_num_workers=0, validation_fraction=0.25), command="pytest")
-    return output
+    return tiny_run(output, image_folder, model_name_or_path="keras_cnn", image_size=40, num_train_epochs=1)
 
 
 def run_ensemble(*args: str) -> subprocess.CompletedProcess:
@@ -145,21 +145,21 @@ def test_members_validated_on_different_splits_are_refused(tmp_path, trained_fol
     assert result.returncode == 1 and "different splits" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_an_offline_push_keeps_the_named_ensemble_folder(tmp_path, trained_folder, second_member):
+def test_an_offline_push_keeps_the_named_ensemble_folder(tmp_path, trained_folder, second_member, image_folder):
     output = tmp_path / "ensemble"
     result = subprocess.run(
         [sys.executable, str(ROOT / "train" / "ensemble.py"), str(trained_folder), str(second_member), "--output_dir", str(output), "--hub_model_id", "org/tiny-ensemble", "--push_to_hub"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 1 and "Cannot reach the Hub to push org/tiny-ensemble" in result.stderr and "Traceback" not in result.stderr
-    assert load_predictor(output).predict(np.zeros((64, 64), dtype=np.uint8)).decision in ("NORMAL", "PNEUMONIA")
+    assert predicts_as_its_logits(output, next((image_folder / "NORMAL").iterdir()))
     assert "# org/tiny-ensemble" in (output / "README.md").read_text()
 
 
 def test_members_saved_in_fp16_load_as_their_rounded_weights(tmp_path):
     """`half=["members.1"]`: that member in fp16 on disk, the other in fp32, predicting as fp16_rounded says."""
     first, _, ensemble = random_ensemble()
-    classifier = PneumoniaClassifier(ensemble, "timm", dict(first.data_config))
+    classifier = PneumoniaClassifier(ensemble, dict(first.data_config))
     classifier.save_pretrained(tmp_path, half=["members.1"])
     dtypes = {name.split(".")[1]: tensor.dtype for name, tensor in load_file(tmp_path / "model.safetensors").items() if tensor.is_floating_point()}
     assert dtypes == {"0": torch.float32, "1": torch.float16}

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import tiny_args, write_image_folder
 
 from pneumo_hf.augmentation import BatchAugment
 from pneumo_hf.data import collate, load_evaluation_set, skipping_unreadable
@@ -73,10 +73,8 @@ def test_batch_augmentation_draws_per_film_and_is_off_at_strength_zero():
 @pytest.mark.slow
 @pytest.mark.parametrize("film_cache", [True, False])
 def test_training_runs_over_the_cache_and_without_it(tmp_path, image_folder, film_cache):
-    from pneumo_hf.training import TrainingArguments, train
+    from pneumo_hf.training import train
 
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), train_dir=str(image_folder), model_name_or_path="resnet18", image_size=32, num_train_epochs=1,
-                             per_device_train_batch_size=6, dataloader_num_workers=0, validation_fraction=0.25, film_cache=film_cache, film_cache_dir=str(tmp_path / "cache"))
-    results = train(args)
+    results = train(tiny_args(tmp_path / "run", image_folder, num_train_epochs=1, per_device_train_batch_size=6, film_cache=film_cache, film_cache_dir=str(tmp_path / "cache")))
     assert results["epochs_run"] == 1 and 0.0 <= results["validation_roc_auc"] <= 1.0
     assert (tmp_path / "cache").is_dir() == film_cache  # without the cache nothing is written there

@@ -11,14 +11,14 @@ import huggingface_hub
 import pytest
 import timm
 import torch
-from conftest import xray_like
+from conftest import tiny_run, xray_like
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from pneumo_hf import Predictor
 from pneumo_hf.labels import LABELS
 from pneumo_hf.models import build_classifier
-from pneumo_hf.training import TrainingArguments, train
+from pneumo_hf.training import TrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -72,10 +72,8 @@ def hub_cache(tmp_path, monkeypatch) -> Path:
 
 
 def finetune(output: Path, image_folder: Path, source: str, **overrides) -> Path:
-    values = dict(output_dir=str(output), train_dir=str(image_folder), model_name_or_path=source, num_train_epochs=1, per_device_train_batch_size=6,
-                  dataloader_num_workers=0, validation_fraction=0.25, learning_rate=0.05, freeze_backbone_epochs=1)
-    train(TrainingArguments(**{**values, **overrides}), command="pytest")
-    return output
+    values = dict(model_name_or_path=source, image_size=None, num_train_epochs=1, per_device_train_batch_size=6, learning_rate=0.05, freeze_backbone_epochs=1)
+    return tiny_run(output, image_folder, **{**values, **overrides})
 
 
 def backbone_changes(checkpoint: dict, trained: dict) -> tuple[set, set]:
@@ -155,8 +153,7 @@ def test_layer_decay_gives_the_stem_the_smallest_learning_rate():
     from pneumo_hf.optimization import parameter_groups
 
     classifier = build_classifier("test_resnet")
-    args = TrainingArguments(output_dir="runs/unused", train_dir="unused", layer_decay=0.5, learning_rate=1e-3)
-    groups = parameter_groups(classifier, args)
+    groups = parameter_groups(classifier, layer_decay=0.5, learning_rate=1e-3)
     rate_of = {id(parameter): group["lr"] for group in groups for parameter in group["params"]}
     stem, head = classifier.backbone.conv1[0].weight, classifier.backbone.get_classifier().weight
     assert rate_of[id(head)] == pytest.approx(1e-3) and rate_of[id(stem)] < rate_of[id(head)] * 0.5 ** 2

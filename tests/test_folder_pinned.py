@@ -64,14 +64,14 @@ def fingerprint(folder: Path, root: Path) -> dict:
 def write_tiny_runs(root: Path, image_folder: Path) -> None:
     """The four folders the pins describe, under `root` (run in a child process with the kernel caps)."""
     import torch
+    from conftest import tiny_run
 
     from pneumo_hf.calibration import calibrate_folder
-    from pneumo_hf.training import TrainingArguments, train
 
     torch.set_num_threads(1)
-    common = dict(train_dir=str(image_folder), validation_fraction=0.25, split_seed=3, per_device_train_batch_size=8, dataloader_num_workers=0, test_dev_dir=str(image_folder))
-    train(TrainingArguments(output_dir=str(root / "resnet"), model_name_or_path="resnet18", image_size=32, num_train_epochs=2, seed=5, save_fp16=True, fp16_tolerance=1.0, **common), command="pytest")
-    train(TrainingArguments(output_dir=str(root / "keras"), model_name_or_path="keras_cnn", image_size=40, num_train_epochs=1, seed=6, test_time_views=["hflip"], **common), command="pytest")
+    common = dict(split_seed=3, test_dev_dir=str(image_folder))
+    tiny_run(root / "resnet", image_folder, seed=5, save_fp16=True, fp16_tolerance=1.0, **common)
+    tiny_run(root / "keras", image_folder, model_name_or_path="keras_cnn", image_size=40, num_train_epochs=1, seed=6, test_time_views=["hflip"], **common)
     assert run_ensemble(str(root / "resnet"), str(root / "keras"), "--output_dir", str(root / "ensemble"), "--test_dev_dir", str(image_folder), "--save_fp16", "--fp16_tolerance", "1.0") == 0
     calibrate_folder(str(root / "resnet"), str(image_folder), 0.9, str(root / "calibrated"), repeats=2, method="temperature")  # a temperature-only folder, pinned as before Platt
 

@@ -89,7 +89,7 @@ def test_the_shipped_model_predicts_the_same_folded():
     assert not any(isinstance(module, nn.BatchNorm2d) for module in predictor.classifier.modules())
     assert any(isinstance(module, nn.BatchNorm2d) for module in unfolded.modules())
     pixels = torch.rand(2, *unfolded.data_config["input_size"], generator=torch.Generator().manual_seed(3)) * 2 - 1
-    folded_probabilities, _ = predictor.scores(pixels)
+    folded_probabilities, _ = predictor.probabilities(pixels)
     with torch.inference_mode():
         expected = torch.softmax(unfolded(pixels) / unfolded.temperature, dim=1).numpy()
     assert abs(folded_probabilities - expected).max() < 1e-5

@@ -1,5 +1,5 @@
-"""The Space as an MCP server: `python app.py` serves Gradio's own at /gradio_api/mcp/, with the tools predict and
-evaluate and no others, called here through the `mcp` Python client as an assistant calls them."""
+"""The Space as an MCP server: `python app.py` serves Gradio's own at /gradio_api/mcp/, with the tools predict_film
+and evaluate and no others, called here through the `mcp` Python client as an assistant calls them."""
 
 import asyncio
 import base64
@@ -51,11 +51,11 @@ def test_an_assistant_lists_two_tools_and_predicts_a_real_film(mcp_server, tmp_p
         for path in find_examples()[0]:
             bundle.write(path, f"{path.parent.name}/{path.name}")
     tools, (good, broken, checked) = session_call(mcp_server, [
-        ("predict", {"film": data_uri(film)}),
-        ("predict", {"film": data_uri(bad, "image/png")}),
+        ("predict_film", {"film": data_uri(film)}),
+        ("predict_film", {"film": data_uri(bad, "image/png")}),
         ("evaluate", {"archive": data_uri(archive, "application/zip")}),
     ])
-    assert sorted(tool.name for tool in tools) == ["evaluate", "predict"]  # the page's helper events are not tools
+    assert sorted(tool.name for tool in tools) == ["evaluate", "predict_film"]  # the page's helper events are not tools
     for tool in tools:
         assert "Not a medical device" in tool.description and "chest" in tool.description
     predict, evaluate = sorted(tools, key=lambda tool: tool.name, reverse=True)

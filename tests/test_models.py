@@ -68,7 +68,7 @@ def test_wide_keras_cnn_doubles_every_block():
 
 @pytest.mark.parametrize("architecture, registered", [("keras_cnn", "keras_cnn"), ("keras_cnn_wide", "keras_cnn_wide"), ("resnet18", None)])
 def test_model_card_names_what_pneumo_hf_registers_with_timm(architecture, registered):
-    from pneumo_hf.hub import _plain_loading
+    from pneumo_hf.card import _plain_loading
 
     text = _plain_loading("timm", architecture)
     assert (f"registers `{registered}` with timm" in text) if registered else ("import pneumo_hf" not in text and "TimmWrapper" in text)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REAL_DATA, TINY_VIT
+from conftest import REAL_DATA, TINY_VIT, predicts_as_its_logits, tiny_args
 from safetensors.torch import load_file
 
 from pneumo_hf import load_predictor
@@ -19,14 +19,6 @@ from pneumo_hf.training import TrainingArguments, train
 pytestmark = pytest.mark.slow  # every test here trains
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_args(output, image_folder, **overrides) -> TrainingArguments:
-    values = dict(
-        output_dir=str(output), train_dir=str(image_folder), model_name_or_path="resnet18", image_size=32,
-        num_train_epochs=2, per_device_train_batch_size=6, dataloader_num_workers=0, validation_fraction=0.25,
-    )
-    return TrainingArguments(**{**values, **overrides})
 
 
 def test_training_writes_a_complete_loadable_model_folder(trained_folder, image_folder):
@@ -86,7 +78,7 @@ def test_mixup_cutmix_and_intensity_augmentation_train_on_odd_batches(tmp_path, 
     monkeypatch.setattr(Mixup, "__call__", lambda self, x, target: seen.append(len(x)) or original(self, x, target))
     results = train(tiny_args(tmp_path, image_folder, num_train_epochs=1, per_device_train_batch_size=5, mixup=0.2, cutmix=1.0, intensity_aug=1.0, label_smoothing=0.1))
     assert results["epochs_run"] == 1 and seen and all(n % 2 == 0 and n > 0 for n in seen)
-    assert load_predictor(tmp_path).predict(next((image_folder / "NORMAL").iterdir())).decision in LABELS
+    assert predicts_as_its_logits(tmp_path, next((image_folder / "NORMAL").iterdir()))
 
 
 def test_transformers_vit_trains_end_to_end(tmp_path, image_folder):
@@ -126,7 +118,7 @@ def test_save_fp16_keeps_fp32_when_outputs_move_more_than_the_tolerance(tmp_path
     results = json.loads((folder / "all_results.json").read_text())
     assert results["weights_dtype"] == dtype and 0.0 < results["fp16_max_probability_change"] < 1.0
     assert f"Weights stored in fp{dtype[-2:]}" in (folder / "README.md").read_text()
-    assert load_predictor(folder).predict(next((image_folder / "NORMAL").iterdir())).decision in LABELS
+    assert predicts_as_its_logits(folder, next((image_folder / "NORMAL").iterdir()))
 
 
 def test_split_seed_fixes_the_validation_split_across_seeds(tmp_path, image_folder):
@@ -206,7 +198,7 @@ def test_a_few_steps_on_real_xrays(tmp_path):
     ))
     assert results["train_images"] + results["validation_n"] == 96
     assert results["skipped_images"] == 0
-    assert load_predictor(tmp_path).predict(next((REAL_DATA / "NORMAL").iterdir())).decision in LABELS
+    assert predicts_as_its_logits(tmp_path, next((REAL_DATA / "NORMAL").iterdir()))
 
 
 def test_two_processes_count_each_validation_image_once(tmp_path, image_folder):
@@ -316,3 +308,13 @@ def test_evaluate_measures_what_load_predictor_predicts_as_scikit_learn_counts(t
     assert measured["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
     assert measured["accuracy"] == pytest.approx(accuracy_score(labels, decided), abs=1e-9)
     assert measured["recall"] == pytest.approx(recall_score(labels, decided), abs=1e-9)
+
+
+def test_the_arguments_create_nothing_on_disk_and_training_refuses_an_unwritable_folder(tmp_path, image_folder):
+    args = tiny_args(tmp_path / "not" / "yet", image_folder)
+    assert not (tmp_path / "not").exists()  # constructing the arguments writes nothing; training makes the folder
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="is not writable"):
+        train(tiny_args(blocker / "out", image_folder))
+    assert args.output_dir == str(tmp_path / "not" / "yet")

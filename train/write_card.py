@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 from pneumo_hf import metrics
+from pneumo_hf.card import write_model_card
 from pneumo_hf.data import DataError, load_evaluation_set
 from pneumo_hf.evaluation import score_split, split_loader, validation_split_of
 from pneumo_hf.folder import RESULTS, SUMMARY, ModelFolder
-from pneumo_hf.hub import write_model_card
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
 
 logger = logging.getLogger("write_card")

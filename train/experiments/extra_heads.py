@@ -27,6 +27,7 @@ from pneumo_hf.evaluation import split_loader
 from pneumo_hf.film_cache import default_cache_dir
 from pneumo_hf.folder import ModelFolder
 from pneumo_hf.models import PneumoniaClassifier, from_checkpoint, resolve_model_folder
+from pneumo_hf.transforms import denormalise
 
 
 def augmented_features(classifier: PneumoniaClassifier, films, views: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,15 +39,14 @@ def augmented_features(classifier: PneumoniaClassifier, films, views: int) -> tu
     if path.is_file():
         stored = np.load(path)
         return stored["features"], stored["labels"]
-    data_config = classifier.backbone.specs[0]["data_config"] if others else classifier.data_config
+    data_config = classifier.backbone.specs[0] if others else classifier.data_config  # its mean and std
     augment = BatchAugment(data_config, aug_strength=1.0)
-    mean, std = augment.mean, augment.std
     torch.manual_seed(0)
     features, labels = [], []
     for _ in range(views):
         for batch in split_loader(classifier, films):
             inputs = classifier.backbone.member_inputs(batch["pixel_values"]) if others else [batch["pixel_values"]]
-            film = ((inputs[0] * std + mean)[:, :1] * 255.0).clamp(0, 255)  # back to the grey film BatchAugment draws on
+            film = (denormalise(inputs[0], data_config["mean"], data_config["std"])[:, :1] * 255.0).clamp(0, 255)  # the grey film BatchAugment draws on
             features.append(pooled_embedding(probe, augment(film)).numpy())
             labels.append(batch["labels"].numpy())
     found = np.concatenate(features), np.concatenate(labels)
