@@ -248,6 +248,7 @@ class Collected:
 
     def __init__(self):
         self.records: list[FilmRecord] = []
+        self.order: dict[str, int] = {}  # key -> place among the films
 
     def pending(self, films: Sequence[Film]) -> set[str]:
         self.order = {film.key: i for i, film in enumerate(films)}

@@ -32,6 +32,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .errors import ArgumentError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -119,6 +121,16 @@ class ModelFolder:
     def write(self, name: str, content: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.file(name).write_text(json.dumps(content, indent=2))
+
+    def writable(self) -> ModelFolder:
+        """The folder, created if need be; refused in one sentence when it cannot be written to."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / ".write_test").touch()
+            (self.path / ".write_test").unlink()
+        except OSError as error:
+            raise ArgumentError(f"--output_dir {self.path} is not writable ({error.strerror}); choose another folder.") from error
+        return self
 
     def set_calibration(self, temperature: float, threshold: float, intercept: float = 0.0) -> None:
         """A new temperature (and Platt intercept) and decision threshold in config.json; the weights stay as they are."""

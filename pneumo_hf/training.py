@@ -85,21 +85,9 @@ class _Run:
     state: _State = field(default_factory=_State)
 
 
-def writable_folder(output_dir: str) -> Path:
-    """`output_dir`, created if need be; refused in one sentence when it cannot be written to."""
-    output = Path(output_dir)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / ".write_test").touch()
-        (output / ".write_test").unlink()
-    except OSError as error:
-        raise ArgumentError(f"--output_dir {output_dir} is not writable ({error.strerror}); choose another folder.") from error
-    return output
-
-
 def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
     """Run the whole training and write the model folder to `args.output_dir`; returns all_results."""
-    output_dir = writable_folder(args.output_dir)
+    output_dir = ModelFolder(args.output_dir).writable().path
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
