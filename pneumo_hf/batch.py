@@ -157,14 +157,18 @@ class CsvSink:
     def __init__(self, output: Path, rank: int = 0):
         self.output, self.part = output, output.with_name(f"{output.name}.part-{rank}.csv")
         self.films: Sequence[Film] = ()
+        self.wanted: set[str] = set()  # the films without a row: another sink's films are predicted too, not written twice
         self.errors = 0  # rows with an error in the merged table
 
     def pending(self, films: Sequence[Film]) -> set[str]:
         self.films = films
-        done = written_rows(self.output)
-        return {film.key for film in films} - set(done)
+        self.wanted = {film.key for film in films} - set(written_rows(self.output))
+        return self.wanted
 
     def write(self, records: Sequence[FilmRecord]) -> None:
+        records = [record for record in records if record.key in self.wanted]
+        if not records:
+            return
         self.output.parent.mkdir(parents=True, exist_ok=True)
         with open(self.part, "a", newline="") as file:
             if file.tell() and not self.part.read_bytes().endswith(b"\n"):
