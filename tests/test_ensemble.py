@@ -133,6 +133,16 @@ def test_ensemble_folder_predicts_the_mean_of_calibrated_member_logits(tmp_path,
         assert asdict(parsed) == json.loads((member / "training_args.json").read_text())
 
 
+def test_the_pneumo_hf_command_builds_the_same_folder_and_records_itself(tmp_path, trained_folder, second_member):
+    script = run_ensemble(str(trained_folder), str(second_member), "--output_dir", str(tmp_path / "script"))
+    command = subprocess.run([sys.executable, "-m", "pneumo_hf", "ensemble", str(trained_folder), str(second_member), "--output_dir", str(tmp_path / "command")],
+                             capture_output=True, text=True, timeout=300)
+    assert script.returncode == command.returncode == 0, command.stderr[-2000:]
+    assert (tmp_path / "script" / "model.safetensors").read_bytes() == (tmp_path / "command" / "model.safetensors").read_bytes()
+    recorded = json.loads((tmp_path / "command" / "training_summary.json").read_text())["command"].splitlines()[-1]
+    assert recorded.startswith("pneumo-hf ensemble ") and json.loads((tmp_path / "script" / "training_summary.json").read_text())["command"].splitlines()[-1].startswith("python train/ensemble.py ")
+
+
 def test_members_validated_on_different_splits_are_refused(tmp_path, trained_folder, second_member):
     other = tmp_path / "other"
     other.mkdir()
