@@ -238,7 +238,7 @@ class OverlaySink:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         for record in records:
-            if record.prediction is not None:
+            if record.prediction is not None and not self.path(record.key).is_file():  # a film another sink needed keeps its overlay
                 overlay(record.prediction.image, record.prediction.heatmap).save(self.path(record.key), quality=90)
 
     def close(self) -> None:

@@ -129,16 +129,16 @@ class DicomSink:
 
     def __init__(self, predictor, folder: Path, heatmaps: bool = False):
         self.folder, self.heatmaps, self.model = folder, heatmaps, identity_of(predictor)
-        self.sources: dict[str, Path] = {}  # key -> DICOM file
+        self.headers: dict[str, Optional[Dataset]] = {}  # key -> the DICOM film's header (None: unreadable), read once
         self.series: dict[tuple[str, str], list] = {}  # (study, kind) -> [series UID, instances so far]
 
     def pending(self, films) -> set[str]:
         from .imaging import is_dicom_file
 
-        self.sources = {film.key: Path(film.path) for film in films if film.path and Path(film.path).is_file() and is_dicom_file(film.path)}
-        if len(self.sources) < len(films):
-            logger.warning("%d of %d inputs are not DICOM files: they get no DICOM results (their rows are in the table).", len(films) - len(self.sources), len(films))
-        return {key for key, path in self.sources.items() if not all(target.is_file() for target in self.targets(_header(path)) or ())}
+        self.headers = {film.key: _header(Path(film.path)) for film in films if film.path and Path(film.path).is_file() and is_dicom_file(film.path)}
+        if len(self.headers) < len(films):
+            logger.warning("%d of %d inputs are not DICOM files: they get no DICOM results (their rows are in the table).", len(films) - len(self.headers), len(films))
+        return {key for key, source in self.headers.items() if not all(target.is_file() for target in self.targets(source) or ())}
 
     def targets(self, source: Optional[Dataset]) -> Optional[list[Path]]:
         """The report's (and capture's) path for the film `source`; None when it lacks what a report must reference."""
@@ -151,10 +151,9 @@ class DicomSink:
         from .cam import overlay as blend
 
         for record in records:
-            path = self.sources.get(record.key)
-            if path is None or record.prediction is None:
+            source = self.headers.get(record.key)
+            if record.prediction is None:
                 continue
-            source = _header(path)
             targets = self.targets(source)
             if targets is None:
                 continue
@@ -177,8 +176,7 @@ class DicomSink:
     def results(self) -> tuple[list[Path], list[str]]:
         """Every file now in place for the DICOM films, and a sentence for each DICOM film that has none."""
         written, problems = [], []
-        for key, path in self.sources.items():
-            source = _header(path)
+        for key, source in self.headers.items():
             targets = self.targets(source)
             if targets is None:
                 missing = [name for name in REFERENCED if source is None or not source.get(name)]
