@@ -39,7 +39,7 @@ __all__ = ["MIN_FILMS_PER_LABEL", "MIN_PATIENTS", "SITE_WEIGHTS", "adapt_folder"
 SITE_WEIGHTS = (1.0, 3.0, 10.0, 30.0)  # tried by the cross-fit unless --site_weight names one
 MIN_FILMS_PER_LABEL = 10  # each half of a patient-grouped cross-fit then holds about 5 of each label
 MIN_PATIENTS = 20
-FIGURES = ("accuracy", "roc_auc", "recall", "specificity", "ece", "ece_pneumonia")
+FIGURES = ("accuracy", "roc_auc", "sensitivity", "specificity", "ece", "ece_pneumonia")
 SILENT = 1e6  # a member that loses its vote keeps its weights; its logits are divided by this
 
 
@@ -241,7 +241,7 @@ def adapt_folder(model: str, data_dir: str, output_dir: str, train_dir: Optional
     write_adapted(folder, output, head_prefix, final, len(others) + 1)
     report["domain_check"] = adapt_domain_check(folder, output, classifier, train[0], site)
     output.write(ADAPTATION, report)
-    if output.read(SUMMARY) is not None:
+    if output.has(SUMMARY):
         write_model_card(output.path)
     return report
 
@@ -267,8 +267,8 @@ def head_weights(classifier: PneumoniaClassifier) -> tuple[np.ndarray, float]:
 
 def probe_c(folder: ModelFolder) -> float:
     """The probe's L2 penalty as its training summary records it (the first member's in an ensemble)."""
-    summary = folder.read(SUMMARY) or {}
-    c = summary.get("linear_probe_c") or next((member.get("linear_probe_c") for member in summary.get("members", []) if member.get("linear_probe_c")), None)
+    summary = folder.summary()
+    c = summary and (summary.linear_probe_c or next((member.get("linear_probe_c") for member in summary.members or [] if member.get("linear_probe_c")), None))
     if not c:
         raise ModelError(f"{folder.path}'s training_summary.json records no linear_probe_c: its first member is not a linear probe.")
     return float(c)

@@ -21,7 +21,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import timm
 from accelerate import Accelerator
@@ -30,8 +30,9 @@ from . import metrics
 from .data import load_evaluation_set
 from .ensemble import Ensemble, member_spec
 from .evaluation import finalize, predict_logits, split_loader, split_seed, validation_split_of
-from .folder import ARGUMENTS, RESULTS, SUMMARY, ModelFolder
+from .folder import ARGUMENTS, ModelFolder
 from .models import ModelError, PneumoniaClassifier, resolve_model_folder
+from .schema import Results, Run, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def take(reference: str) -> tuple[PneumoniaClassifier, ModelFolder, dict]:
         return classifier, ModelFolder(folder), origin_of(folder, classifier)
     if not re.fullmatch(r"members\.\d+(\.members\.\d+)*", path):
         raise ModelError(f"{reference}: name a member of an ensemble folder as FOLDER#members.I (nested: FOLDER#members.1.members.0).")
-    backbone, spec, origins = classifier.backbone, None, (ModelFolder(folder).read(SUMMARY) or {}).get("members") or []
+    backbone, spec, origins = classifier.backbone, None, _member_origins(ModelFolder(folder))
     indices = [int(index) for index in re.findall(r"\d+", path)]
     for index in indices:
         if not isinstance(backbone, Ensemble) or index >= len(backbone.members):
@@ -88,15 +89,20 @@ def load_members(references: list[str]) -> tuple[list[PneumoniaClassifier], list
 def origin_of(folder: Path, member: PneumoniaClassifier) -> dict:
     """How a member began, for the card: its architecture, and its checkpoint or packaged weights if any; an ensemble
     member, its own members'."""
-    summary = ModelFolder(folder).read(SUMMARY) or {}
+    summary = ModelFolder(folder).summary()
     return {
-        "architecture": summary.get("architecture") or member.architecture,
+        "architecture": summary.architecture if summary else member.architecture,
         "trained_from_scratch": member.trained_from_scratch,
         "base_model": member.base_model,
         "weights_source": member.weights_source,
-        "linear_probe_c": summary.get("linear_probe_c"),
-        **({"members": summary["members"]} if summary.get("members") else {}),
+        "linear_probe_c": summary.linear_probe_c if summary else None,
+        **({"members": summary.members} if summary and summary.members else {}),
     }
+
+
+def _member_origins(folder: ModelFolder) -> list[dict]:
+    summary = folder.summary()
+    return (summary.members if summary else None) or []
 
 
 def build(members: list[PneumoniaClassifier], views: list[str]) -> PneumoniaClassifier:
@@ -141,7 +147,7 @@ def assemble(
     hub_model_id: Optional[str] = None,
     program: str = "pneumo-hf ensemble",
     arguments: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> Results:
     """Build the ensemble of `members` into `output_dir` and return its figures (all_results.json). `save_fp16`
     stores in fp16 each member whose rounding keeps every validation probability within `fp16_tolerance` of fp32.
     `program` and its `arguments` are how the folder was asked for: its card gives them as the command."""
@@ -161,31 +167,23 @@ def assemble(
     first = sources[0]
     output = ModelFolder(output_dir)
     first.copy_domain_check_to(output)  # the same first layers on the same input: the first member's check
-    member_results = [source.read(RESULTS) for source in sources]  # a member taken from an ensemble: that ensemble's
+    member_results = [source.results() for source in sources]  # a member taken from an ensemble: that ensemble's
     dtype = "float16" if len(half) == len(classifiers) else "mixed" if half else "float32"
-    results = {
-        "members": list(members),
-        "epochs_run": max(result["epochs_run"] for result in member_results),
-        "train_images": member_results[0]["train_images"],
-        "train_seconds": sum({str(source.path): result["train_seconds"] for source, result in zip(sources, member_results, strict=True)}.values()),
-        **({"fp16_members": half, "fp16_max_probability_change": fp16_change} if save_fp16 else {}),
-    }
-    summary = {
-        "architecture": f"pneumo_ensemble({', '.join(origin['architecture'] for origin in origins)})",
-        "members": origins,
-        "loss": "each member's own: " + ", ".join(f"{run['loss']} ({folder})" for run, folder in zip(runs, members, strict=True)),
-        "class_weights": "per member",
-        "epochs_run": " + ".join(str(result["epochs_run"]) for result in member_results),
-        "train_images": results["train_images"],
-        "train_seconds": results["train_seconds"],
-        "command": "".join(  # each member again from its own arguments file (or the ensemble it was taken from), then the ensemble
+    run = Run(
+        command="".join(  # each member again from its own arguments file (or the ensemble it was taken from), then the ensemble
             f"# {name}: {origin['architecture']}, taken from the ensemble {source.path} (its card says how it was trained)\n" if "#" in name
             else f"# {name}: {origin['architecture']}, built by {program.removeprefix('python ')} (its card gives the command)\n" if origin.get("members")
-            else f"# {name}: {member.architecture}, {result['epochs_run']} epochs\npython train/train.py {shlex.quote(str(source.file(ARGUMENTS)))}\n"
+            else f"# {name}: {member.architecture}, {result.epochs_run} epochs\npython train/train.py {shlex.quote(str(source.file(ARGUMENTS)))}\n"
             for name, source, member, origin, result in zip(members, sources, classifiers, origins, member_results, strict=True)
         ) + f"{program} " + shlex.join(arguments),
-    }
-    return finalize(
-        classifier, output.path, (logits, labels), min_sensitivity, test_dev=test_dev, half=half, storage={"dtype": dtype, "fp16_max_change": fp16_change, "fp16_members": half},
-        results=results, summary=summary, arguments=first.read(ARGUMENTS), model_id=hub_model_id,
+        loss="each member's own: " + ", ".join(f"{run['loss']} ({folder})" for run, folder in zip(runs, members, strict=True)),
+        class_weights="per member",
+        epochs_run=max(result.epochs_run for result in member_results),
+        train_images=member_results[0].train_images,
+        train_seconds=sum({str(source.path): result.train_seconds for source, result in zip(sources, member_results, strict=True)}.values()),
+        members=list(members),
+        member_origins=origins,
+        member_epochs=[result.epochs_run for result in member_results],
     )
+    storage = Storage(dtype, fp16_change, half)
+    return finalize(classifier, output.path, (logits, labels), min_sensitivity, run, storage=storage, test_dev=test_dev, arguments=first.read(ARGUMENTS), model_id=hub_model_id)

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "calibrate_folder", "crossfit", "fit_site_calibration"]
 
-FIGURES = ("accuracy", "recall", "specificity", "ece", "ece_pneumonia")
+FIGURES = ("accuracy", "sensitivity", "specificity", "ece", "ece_pneumonia")
 METHODS = ("platt", "temperature")
 
 
@@ -52,7 +52,7 @@ def crossfit(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray, min_s
     for fit, held in patient_halves(labels, patients, repeats):
         for name, calibration in (("stored", stored), ("refit", fit_site_calibration(logits[fit], labels[fit], min_sensitivity, method))):
             found[name].append(figures_of(labels[held], logits[held], *calibration))
-    return {name: {**{key: float(np.mean([row[key] for row in rows])) for key in FIGURES}, "lowest_recall": float(min(row["recall"] for row in rows)), "halves": len(rows)} for name, rows in found.items()}
+    return {name: {**{key: float(np.mean([row[key] for row in rows])) for key in FIGURES}, "lowest_sensitivity": float(min(row["sensitivity"] for row in rows)), "halves": len(rows)} for name, rows in found.items()}
 
 
 def films_sha256(films) -> str:
@@ -99,7 +99,7 @@ def calibrate_folder(model: str, data_dir: str, min_sensitivity: float, output_d
     ModelFolder(folder).copy_to(output)
     output.set_calibration(temperature, threshold, intercept)
     output.write(CALIBRATION, report)
-    if output.read(SUMMARY) is not None:
+    if output.has(SUMMARY):
         write_model_card(output.path)
     else:
         logger.warning("%s has no training_summary.json: its card is left as it was.", folder)

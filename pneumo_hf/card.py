@@ -15,15 +15,17 @@ import timm
 from huggingface_hub import ModelCard, ModelCardData
 
 from .checkpoints import weights_source_sentence
-from .folder import ADAPTATION, CALIBRATION, CARD, DOMAIN_CHECK, PLOT_KINDS, RESULTS, SUMMARY, TRAINING_CURVES, ModelFolder, plot_name
+from .folder import ADAPTATION, CALIBRATION, CARD, DOMAIN_CHECK, PLOT_KINDS, TRAINING_CURVES, ModelFolder, plot_name
 from .hub import DATASET_ID
 from .labels import LABELS
+from .schema import Storage
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["readable_split", "write_model_card"]
 
 CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
+HUB_METRIC_TYPES = {"sensitivity": "recall"}  # the Hub's model-index knows sensitivity by the name of its metric, recall
 
 
 def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
@@ -35,38 +37,38 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
         python train/write_card.py --model runs/b0 --test_dev_dir ../shared/data/chest_xray_224/test_dev   # again, by hand
     """
     folder = ModelFolder(folder)
-    summary, results = folder.read(SUMMARY), folder.read(RESULTS)
-    metrics, test_dev = _prefixed(results, "validation_"), _prefixed(results, "test_dev_") or None
+    summary, results = folder.summary(), folder.results()
+    metrics, test_dev = results.validation, results.test_dev
     domain_check = folder.read(DOMAIN_CHECK)
     maintainers = folder.maintainers_results()
-    calibration = folder.read(CALIBRATION)
-    adaptation = folder.read(ADAPTATION)
-    model_id = model_id or summary.get("model_id")
+    calibration = folder.report(CALIBRATION)
+    adaptation = folder.report(ADAPTATION)
+    model_id = model_id or summary.model_id
     model_name = model_id or folder.path.name
     card_data = ModelCardData(
         license="cc-by-4.0",
-        library_name="timm" if summary["family"] == "timm" else "transformers",
+        library_name="timm" if summary.family == "timm" else "transformers",
         pipeline_tag="image-classification",
         datasets=[DATASET_ID],
         tags=["medical-imaging", "chest-x-ray", "pneumonia", "pneumo-hf"],
         model_name=model_name,
-        base_model=_hub_id(summary.get("base_model")),
+        base_model=_hub_id(summary.base_model),
         eval_results=_eval_results(metrics, test_dev, adaptation),
     )
     card = ModelCard.from_template(
         card_data,
         template_path=str(CARD_TEMPLATE),
         model_name=model_name,
-        architecture=summary["architecture"],
-        family=summary["family"],
-        start=_start(summary),
+        architecture=summary.architecture,
+        family=summary.family,
+        start=_start(summary.json()),
         n=metrics["n"],
-        rows="\n".join(f"| {name} | {metrics[name]:.4f} |" for name in ("roc_auc", "accuracy", "recall", "specificity", "precision", "f1", "ece")),
+        rows="\n".join(f"| {name} | {metrics[name]:.4f} |" for name in ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece")),
         threshold=metrics["threshold"],
-        threshold_rule=summary["threshold_rule"],
-        temperature=summary["temperature"],
-        views_line=_views_line(summary["test_time_views"]),
-        storage_line=_storage_line(summary["storage"]),
+        threshold_rule=summary.threshold_rule,
+        temperature=summary.temperature,
+        views_line=_views_line(summary.test_time_views),
+        storage_line=_storage_line(summary.storage),
         confusion_matrix=metrics["confusion_matrix"],
         failure_modes=_failure_modes(metrics["confusion_matrix"], test_dev, maintainers),
         test_dev=test_dev,
@@ -76,13 +78,13 @@ def write_model_card(folder: Path, model_id: Optional[str] = None) -> None:
         calibration=_calibration_table(calibration) if calibration else None,
         adaptation=_adaptation_table(adaptation) if adaptation else None,
         domain_check=_readable_domain_check(domain_check) if domain_check else None,
-        ensemble=summary["architecture"].startswith("pneumo_ensemble"),
+        ensemble=summary.architecture.startswith("pneumo_ensemble"),
         test_dev_confusion=" ".join(str(count) for row in test_dev["confusion_matrix"] for count in row) if test_dev else "",
         model_path=model_id or "path/to/this/folder",
-        plain_loading=_plain_loading(summary["family"], summary["architecture"]),
+        plain_loading=_plain_loading(summary.family, summary.architecture),
         labels=list(LABELS),
-        linear_probe_c=summary.get("linear_probe_c"),
-        **{key: summary[key] for key in ("input_size", "mean", "std", "loss", "class_weights", "epochs_run", "train_images", "train_seconds", "command")},
+        linear_probe_c=summary.linear_probe_c,
+        **{key: getattr(summary, key) for key in ("input_size", "mean", "std", "loss", "class_weights", "epochs_run", "train_images", "train_seconds", "command")},
     )
     card.save(folder.file(CARD))
 
@@ -101,7 +103,7 @@ def _maintainers_table(found: dict[str, Any]) -> dict[str, Any]:
 def _adaptation_table(report: dict[str, Any]) -> dict[str, Any]:
     """adaptation.json (written by `pneumo-hf adapt`) as the card's rows: accuracy, ROC-AUC, sensitivity, specificity
     and both ECEs."""
-    keys = ("accuracy", "roc_auc", "recall", "specificity", "ece", "ece_pneumonia")
+    keys = ("accuracy", "roc_auc", "sensitivity", "specificity", "ece", "ece_pneumonia")
     crossfit = report["crossfit"]
     rows = [
         ("stored model, on all the films", report["before"]),
@@ -117,7 +119,7 @@ def _calibration_table(report: dict[str, Any]) -> dict[str, Any]:
 
     def cells(figures: dict[str, Any]) -> list[str]:
         head = [f"{figures['temperature']:.3f}", f"{figures['threshold']:.3f}"] if "temperature" in figures else ["", ""]
-        return head + [f"{figures[key]:.3f}" for key in ("accuracy", "recall", "specificity", "ece")]
+        return head + [f"{figures[key]:.3f}" for key in ("accuracy", "sensitivity", "specificity", "ece")]
 
     crossfit = report["crossfit"]
     rows = [
@@ -127,10 +129,6 @@ def _calibration_table(report: dict[str, Any]) -> dict[str, Any]:
         (f"refit, cross-fitted ({crossfit['refit']['halves']} halves)", crossfit["refit"]),
     ]
     return {**report, "rows": [{"name": name, "cells": cells(figures)} for name, figures in rows]}
-
-
-def _prefixed(results: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {key[len(prefix):]: value for key, value in results.items() if key.startswith(prefix)}
 
 
 def _plots(folder: ModelFolder, split: str, described: str) -> list[dict[str, str]]:
@@ -208,11 +206,11 @@ def _views_line(views: list) -> str:
     return f"Test-time augmentation: `pneumo_hf` averages the logits of the image and its views {views}; figures, temperature and threshold include it."
 
 
-def _storage_line(storage: dict[str, Any]) -> str:
-    change = storage["fp16_max_change"]
-    if storage["dtype"] == "mixed":
-        return f"Weights of {', '.join(storage['fp16_members'])} stored in fp16, the rest in fp32: on validation no PNEUMONIA probability differs from all-fp32 by more than {change:.5f}; the figures above are the stored weights'."
-    if storage["dtype"] == "float16":
+def _storage_line(storage: Storage) -> str:
+    change = storage.fp16_max_change
+    if storage.dtype == "mixed":
+        return f"Weights of {', '.join(storage.fp16_members)} stored in fp16, the rest in fp32: on validation no PNEUMONIA probability differs from all-fp32 by more than {change:.5f}; the figures above are the stored weights'."
+    if storage.dtype == "float16":
         return f"Weights stored in fp16: on validation no PNEUMONIA probability differs from fp32 by more than {change:.5f}; the figures above are the fp16 weights'."
     if change is not None:
         return f"Weights stored in fp32: fp16 would move a validation probability by {change:.4f}, over the tolerance."
@@ -235,11 +233,11 @@ def _eval_results(validation: dict[str, Any], test_dev: Optional[dict[str, Any]]
             dataset_type=DATASET_ID,
             dataset_name=dataset_name,
             dataset_split=split,
-            metric_type=name,
+            metric_type=HUB_METRIC_TYPES.get(name, name),
             metric_value=round(float(figures[name]), 4),
         )
         for dataset_name, split, figures in splits
-        for name in ("roc_auc", "accuracy", "recall", "specificity")
+        for name in ("roc_auc", "accuracy", "sensitivity", "specificity")
     ]
 
 

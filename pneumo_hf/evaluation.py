@@ -22,8 +22,9 @@ from torch import nn
 from . import metrics
 from .card import write_model_card
 from .data import DataError, collate, load_splits, skipping_unreadable
-from .folder import ARGUMENTS, RESULTS, SUMMARY, ModelFolder
+from .folder import ARGUMENTS, ModelFolder
 from .models import PneumoniaClassifier
+from .schema import Results, Run, Storage, TrainingSummary
 from .transforms import build_transform
 from .tta import logits_with_views
 
@@ -98,65 +99,69 @@ def finalize(
     output_dir: Union[str, Path],
     validation: tuple[np.ndarray, np.ndarray],
     min_sensitivity: float,
+    run: Run,
     *,
+    storage: Storage = Storage(),
     calibration: Optional[tuple[float, float]] = None,
     test_dev: Optional[tuple[np.ndarray, np.ndarray]] = None,
-    half: Union[bool, Sequence[str]] = False,
-    storage: Optional[dict[str, Any]] = None,
-    results: Optional[dict[str, Any]] = None,
-    summary: Optional[dict[str, Any]] = None,
     arguments: Optional[dict[str, Any]] = None,
     model_id: Optional[str] = None,
-) -> dict[str, Any]:
-    """Write the complete model folder of a trained classifier: config.json + weights (fp16 where `half` says), the
+) -> Results:
+    """Write the complete model folder of a trained classifier: config.json + weights (as `storage` says), the
     validation and test_dev figures and plots, all_results.json, training_args.json, training_summary.json and the card.
 
     `validation` and `test_dev` are the (logits, labels) of the weights as stored, with the classifier's test-time views.
     Temperature and threshold are fitted on `validation` unless `calibration` gives them (training fits them on fp32
-    logits before choosing fp16). `results` and `summary` add what only the caller knows (epochs, command, members);
-    `storage` is {"dtype", "fp16_max_change", ...}. A domain check goes into the folder first: the card quotes it.
-    Returns all_results."""
+    logits before choosing fp16). `run` is what only the caller knows (`pneumo_hf.schema.Run`). A domain check goes
+    into the folder first: the card quotes it."""
     folder = ModelFolder(output_dir)
     logits, labels = validation
     classifier.temperature, classifier.threshold = calibration or fit_calibration(logits, labels, min_sensitivity)
     classifier.intercept = 0.0  # a training run's calibration is the temperature alone (`pneumo-hf calibrate` fits Platt's)
-    storage = storage or {"dtype": "float32", "fp16_max_change": None}
     scores = metrics.probabilities(logits, classifier.temperature, classifier.intercept)[:, 1]
     found = metrics.classification_metrics(labels, scores, classifier.threshold)
-    classifier.save_pretrained(folder.path, half=half)
-    figures = {}
+    classifier.save_pretrained(folder.path, half=storage.half)
+    test_dev_found = None
     if test_dev is not None:
         test_scores = metrics.probabilities(test_dev[0], classifier.temperature, classifier.intercept)[:, 1]
         test_dev_found = metrics.classification_metrics(test_dev[1], test_scores, classifier.threshold)
-        logger.info("test_dev: ROC-AUC %.4f, accuracy %.4f, sensitivity %.4f, specificity %.4f (%d films).", test_dev_found["roc_auc"], test_dev_found["accuracy"], test_dev_found["recall"], test_dev_found["specificity"], test_dev_found["n"])
+        logger.info("test_dev: ROC-AUC %.4f, accuracy %.4f, sensitivity %.4f, specificity %.4f (%d films).", *(test_dev_found[key] for key in ("roc_auc", "accuracy", "sensitivity", "specificity", "n")))
         metrics.plot_split(test_dev[1], test_scores, classifier.threshold, folder.path, "test_dev", "Official test split, half A")
-        figures = {f"test_dev_{key}": value for key, value in test_dev_found.items()}
     metrics.plot_split(labels, scores, classifier.threshold, folder.path, "validation", "Validation split")
-    all_results = {
-        **figures,
-        **{f"validation_{key}": value for key, value in found.items()},
-        "temperature": classifier.temperature,
-        "trained_from_scratch": classifier.trained_from_scratch,
-        "weights_dtype": storage["dtype"],
-        **(results or {}),
-    }
-    folder.write(RESULTS, all_results)
+    results = Results(
+        validation=found, test_dev=test_dev_found, temperature=classifier.temperature, trained_from_scratch=classifier.trained_from_scratch,
+        weights_dtype=storage.dtype, members=run.members, epochs_run=run.epochs_run, train_images=run.train_images, skipped_images=run.skipped_images,
+        train_seconds=run.train_seconds, base_model=classifier.base_model, base_model_revision=classifier.base_model_revision,
+        fp16_members=storage.fp16_members if storage.fp16_max_change is not None else None, fp16_max_probability_change=storage.fp16_max_change,
+    )
+    folder.write_results(results)
     if arguments is not None:
         folder.write(ARGUMENTS, arguments)
-    folder.write(SUMMARY, {
-        "model_id": model_id,
-        "family": classifier.family,
-        "architecture": classifier.architecture,
-        "trained_from_scratch": classifier.trained_from_scratch,
-        "threshold_rule": threshold_rule(min_sensitivity),
-        "temperature": classifier.temperature,
-        "test_time_views": list(classifier.test_time_views),
-        "storage": storage,
-        "input_size": list(classifier.data_config["input_size"]),
-        "mean": list(classifier.data_config["mean"]),
-        "std": list(classifier.data_config["std"]),
-        **(summary or {}),
-    })
+    ensemble = run.member_origins is not None
+    folder.write_summary(TrainingSummary(
+        model_id=model_id,
+        family=classifier.family,
+        architecture=f"pneumo_ensemble({', '.join(origin['architecture'] for origin in run.member_origins)})" if ensemble else classifier.architecture,
+        trained_from_scratch=classifier.trained_from_scratch,
+        threshold_rule=threshold_rule(min_sensitivity),
+        temperature=classifier.temperature,
+        test_time_views=list(classifier.test_time_views),
+        storage=storage,
+        input_size=list(classifier.data_config["input_size"]),
+        mean=list(classifier.data_config["mean"]),
+        std=list(classifier.data_config["std"]),
+        loss=run.loss,
+        class_weights=run.class_weights,
+        epochs_run=" + ".join(str(epochs) for epochs in run.member_epochs) if run.member_epochs else run.epochs_run,
+        train_images=run.train_images,
+        train_seconds=run.train_seconds,
+        command=run.command,
+        base_model=classifier.base_model,
+        base_model_revision=classifier.base_model_revision,
+        weights_source=classifier.weights_source,
+        linear_probe_c=run.linear_probe_c,
+        members=run.member_origins,
+    ))
     write_model_card(folder.path, model_id)
     logger.info("Model folder written to %s (validation ROC-AUC %.4f, threshold %.4f).", folder.path, found["roc_auc"], classifier.threshold)
-    return all_results
+    return results

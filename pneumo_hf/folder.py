@@ -1,11 +1,11 @@
 """The model folder: the name of every file in it, and every read and write of it. Training, ensembles, calibration,
 the model card, the page and the batch command all go through `ModelFolder`.
 
-    from pneumo_hf.folder import RESULTS, SUMMARY, ModelFolder
+    from pneumo_hf.folder import ModelFolder
     folder = ModelFolder("runs/b0")
-    folder.read(RESULTS)["test_dev_roc_auc"], folder.read(SUMMARY)["command"], folder.plots()
+    folder.results().test_dev["roc_auc"], folder.summary().command, folder.plots()
 
-What a folder holds (what `pneumo_hf.evaluation.finalize` writes, the Hub stores and the app loads):
+What the JSON files hold is `pneumo_hf.schema`. What a folder holds (what `pneumo_hf.evaluation.finalize` writes, the Hub stores and the app loads):
 
 | file | what | written by |
 | --- | --- | --- |
@@ -27,18 +27,19 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import ArgumentError
+from .schema import Calibrated, Results, TrainingSummary, current
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ADAPTATION", "ARGUMENTS", "BEST_MODEL", "CALIBRATION", "CARD", "CHECKPOINTS", "CONFIG", "DOMAIN_CHECK", "DOMAIN_CHECK_WEIGHTS", "MAINTAINERS",
-    "PLOTTED_SPLITS", "PLOT_KINDS", "RESULTS", "SUMMARY", "TRAINING_CURVES", "WEIGHTS", "Calibrated", "ModelFolder", "plot_name",
+    "PLOTTED_SPLITS", "PLOT_KINDS", "RESULTS", "SUMMARY", "TRAINING_CURVES", "WEIGHTS", "ModelFolder", "plot_name",
 ]
 
 CONFIG = "config.json"
@@ -57,41 +58,6 @@ BEST_MODEL = "best_model"
 CHECKPOINTS = "checkpoints"
 PLOT_KINDS = ("roc_curve", "confusion_matrix", "reliability")
 PLOTTED_SPLITS = ("test_dev", "validation")  # the card's and the page's order: the films it never saw first
-
-
-@dataclass
-class Calibrated:
-    """What pneumo_hf adds to timm's or transformers' config.json: how the logits become a decision, and where the
-    weights began. Written without the keys that hold nothing (an intercept of 0, no base model, no packaged weights),
-    so folders from before each key read back as they were."""
-
-    decision_threshold: float = 0.5
-    calibration_temperature: float = 1.0
-    calibration_intercept: float = 0.0  # Platt's, on the PNEUMONIA logit after the temperature
-    test_time_views: list[str] = field(default_factory=list)
-    trained_from_scratch: bool = True
-    base_model: Optional[str] = None  # the checkpoint it was fine-tuned from: a Hub id, or a local folder
-    base_model_revision: Optional[str] = None
-    weights_source: Optional[dict[str, Any]] = None  # a packaged checkpoint's package, version, file and sha256
-
-    @classmethod
-    def of(cls, config: dict[str, Any]) -> Calibrated:
-        """Read from a config.json (defaults where a key is absent)."""
-        found = cls(**{spec.name: config[spec.name] for spec in fields(cls) if config.get(spec.name) is not None})
-        found.test_time_views = list(found.test_time_views)
-        return found
-
-    def config(self) -> dict[str, Any]:
-        """As config.json holds it."""
-        return {
-            "decision_threshold": self.decision_threshold,
-            "calibration_temperature": self.calibration_temperature,
-            **({"calibration_intercept": self.calibration_intercept} if self.calibration_intercept else {}),
-            "test_time_views": list(self.test_time_views),
-            "trained_from_scratch": self.trained_from_scratch,
-            **({"base_model": self.base_model, "base_model_revision": self.base_model_revision} if self.base_model else {}),
-            **({"weights_source": self.weights_source} if self.weights_source else {}),
-        }
 
 
 def plot_name(split: str, kind: str) -> str:
@@ -121,6 +87,26 @@ class ModelFolder:
     def write(self, name: str, content: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.file(name).write_text(json.dumps(content, indent=2))
+
+    def results(self) -> Optional[Results]:
+        """all_results.json, or None."""
+        found = self.read(RESULTS)
+        return None if found is None else Results.of(found)
+
+    def summary(self) -> Optional[TrainingSummary]:
+        """training_summary.json, or None."""
+        found = self.read(SUMMARY)
+        return None if found is None else TrainingSummary.of(found)
+
+    def report(self, name: str) -> Optional[dict[str, Any]]:
+        """calibration.json or adaptation.json, with today's names of the figures (`pneumo_hf.schema.current`), or None."""
+        return current(self.read(name))
+
+    def write_results(self, results: Results) -> None:
+        self.write(RESULTS, results.json())
+
+    def write_summary(self, summary: TrainingSummary) -> None:
+        self.write(SUMMARY, summary.json())
 
     def writable(self) -> ModelFolder:
         """The folder, created if need be; refused in one sentence when it cannot be written to."""

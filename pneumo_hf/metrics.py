@@ -99,8 +99,8 @@ def positive_calibration_error(labels: Sequence[int], scores: Sequence[float], n
 
 
 def classification_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
-    """Accuracy, precision, recall (sensitivity), specificity, F1, ROC-AUC, ECE and the confusion matrix
-    for PNEUMONIA scores decided at `threshold`."""
+    """Accuracy, precision, sensitivity (scikit-learn's recall), specificity, F1, ROC-AUC, ECE and the confusion
+    matrix for PNEUMONIA scores decided at `threshold`."""
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     predicted = (scores >= threshold).astype(int)
     (tn, fp), (fn, tp) = skm.confusion_matrix(labels, predicted, labels=[0, 1])
@@ -109,7 +109,7 @@ def classification_metrics(labels: Sequence[int], scores: Sequence[float], thres
         "n": int(len(labels)),
         "accuracy": float(skm.accuracy_score(labels, predicted)),
         "precision": float(skm.precision_score(labels, predicted, zero_division=0)),
-        "recall": float(skm.recall_score(labels, predicted, zero_division=0)),
+        "sensitivity": float(skm.recall_score(labels, predicted, zero_division=0)),
         "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
         "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
         "roc_auc": float(skm.roc_auc_score(labels, scores)) if both_classes else float("nan"),
@@ -181,7 +181,7 @@ def plot_roc(labels: Sequence[int], scores: Sequence[float], path: Path, title: 
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     if threshold is not None:
         found = classification_metrics(labels, scores, threshold)
-        ax.plot(1 - found["specificity"], found["recall"], "o", color="crimson", label=f"threshold {threshold:.3f}")
+        ax.plot(1 - found["specificity"], found["sensitivity"], "o", color="crimson", label=f"threshold {threshold:.3f}")
         ax.legend(loc="lower right")
     ax.set_title(title)
     fig.tight_layout()

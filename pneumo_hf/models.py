@@ -28,9 +28,10 @@ from torch import nn
 from . import ensemble, keras_cnn  # noqa: F401  (register `pneumo_ensemble` and `keras_cnn` with timm, so they build and load by name)
 from .errors import UserError
 from .families import family_of
-from .folder import CONFIG, Calibrated, ModelFolder
+from .folder import CONFIG, ModelFolder
 from .hub import hub_reachable
 from .labels import ID2LABEL, LABEL2ID, LABELS
+from .schema import Calibrated
 
 logger = logging.getLogger(__name__)
 

@@ -179,7 +179,7 @@ def summarise(records: list[FilmRecord], threshold: float) -> dict[str, Any]:
         "n": len(scored),
         "accuracy": figure("accuracy"),
         "roc_auc": figure("roc_auc"),
-        "sensitivity": figure("recall") if (labels == 1).any() else None,  # undefined without films of the label
+        "sensitivity": figure("sensitivity") if (labels == 1).any() else None,  # undefined without films of the label
         "specificity": figure("specificity") if (labels == 0).any() else None,
         "ece": figure("ece"),
         "ece_pneumonia": metrics.positive_calibration_error(labels, scores) if scored else None,  # 10 bins of P(PNEUMONIA)

@@ -41,6 +41,7 @@ from .hub import push_folder
 from .labels import LABELS
 from .models import PneumoniaClassifier, build_classifier, head_of
 from .optimization import freeze_backbone, freeze_lower_layers, make_loss, parameter_groups
+from .schema import Results, Run, Storage
 from .training_args import TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,9 @@ class _Run:
     state: _State = field(default_factory=_State)
 
 
-def train(args: TrainingArguments, command: str = "") -> dict[str, Any]:
-    """Run the whole training and write the model folder to `args.output_dir`; returns all_results."""
+def train(args: TrainingArguments, command: str = "") -> Optional[Results]:
+    """Run the whole training and write the model folder to `args.output_dir`; returns all_results.json's content
+    (None on the processes other than the main one)."""
     output_dir = ModelFolder(args.output_dir).writable().path
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -283,20 +285,20 @@ def _fit_domain_check(run: _Run, folder: ModelFolder) -> None:
     logger.info("Domain check fitted on %d training films; %.1f %% of validation flagged.", check.info["train_films"], 100 * check.info["calibration_flagged"])
 
 
-def _choose_storage(args: TrainingArguments, logits: np.ndarray, fp16_logits: Optional[np.ndarray], temperature: float) -> tuple[dict[str, Any], np.ndarray]:
+def _choose_storage(args: TrainingArguments, logits: np.ndarray, fp16_logits: Optional[np.ndarray], temperature: float) -> tuple[Storage, np.ndarray]:
     """fp16 when --save_fp16 and no validation probability moves by more than --fp16_tolerance, else fp32;
     and the validation logits of the weights so stored."""
     if fp16_logits is None:
-        return {"dtype": "float32", "fp16_max_change": None}, logits
+        return Storage(), logits
     change = metrics.probability_change(logits, fp16_logits, temperature)
     if change > args.fp16_tolerance:
         logger.warning("fp16 weights move a validation probability by %.4f, over --fp16_tolerance %g: the weights are stored in fp32.", change, args.fp16_tolerance)
-        return {"dtype": "float32", "fp16_max_change": change}, logits
+        return Storage(fp16_max_change=change), logits
     logger.info("Weights stored in fp16: validation probabilities within %.5f of fp32.", change)
-    return {"dtype": "float16", "fp16_max_change": change}, fp16_logits
+    return Storage("float16", change), fp16_logits
 
 
-def _finish(run: _Run) -> dict[str, Any]:
+def _finish(run: _Run) -> Optional[Results]:
     """Best weights back, temperature and threshold fitted on validation (with the test-time views), the domain check,
     then the model folder (`pneumo_hf.evaluation.finalize`; fp16 with --save_fp16, if within tolerance). A finished
     run's folder is rewritten by resuming it with new --test_time_views or --save_fp16."""
@@ -309,35 +311,19 @@ def _finish(run: _Run) -> dict[str, Any]:
     fp16_logits = predict_logits(candidates["float16"], validation_loader, accelerator, args.test_time_views)[0] if args.save_fp16 else None
     test_dev = {dtype: predict_logits(model, run.test_dev_loader, accelerator, args.test_time_views) for dtype, model in candidates.items()} if run.test_dev_loader else {}
     if not accelerator.is_main_process:
-        return {}
+        return None
     classifier.test_time_views = tuple(args.test_time_views)
     calibration = fit_calibration(logits, labels, args.min_sensitivity)  # on fp32, before the storage is chosen
     storage, stored_logits = _choose_storage(args, logits, fp16_logits, calibration[0])  # the figures are the stored weights'
     _fit_domain_check(run, folder)
     metrics.plot_history(state.history, folder.file(TRAINING_CURVES))
-    results = {
-        "epochs_run": state.epoch,
-        "train_images": len(run.train_set),
-        "skipped_images": state.skipped_images,
-        "train_seconds": state.train_seconds,
-        **({"base_model": classifier.base_model, "base_model_revision": classifier.base_model_revision} if classifier.base_model else {}),
-        **({"fp16_max_probability_change": storage["fp16_max_change"]} if storage["fp16_max_change"] is not None else {}),
-    }
-    summary = {
-        "base_model": classifier.base_model,
-        "base_model_revision": classifier.base_model_revision,
-        "weights_source": classifier.weights_source,
-        "linear_probe_c": args.linear_probe_c if args.linear_probe else None,
-        "loss": args.loss,
-        "class_weights": [round(w, 3) for w in run.weights.tolist()],
-        "epochs_run": state.epoch,
-        "train_images": len(run.train_set),
-        "train_seconds": state.train_seconds,
-        "command": run.command,
-    }
+    trained = Run(
+        command=run.command, loss=args.loss, class_weights=[round(w, 3) for w in run.weights.tolist()], epochs_run=state.epoch, train_images=len(run.train_set),
+        train_seconds=state.train_seconds, skipped_images=state.skipped_images, linear_probe_c=args.linear_probe_c if args.linear_probe else None,
+    )
     found = finalize(
-        classifier, folder.path, (stored_logits, labels), args.min_sensitivity, calibration=calibration, test_dev=test_dev.get(storage["dtype"]),
-        half=storage["dtype"] == "float16", storage=storage, results=results, summary=summary, arguments=asdict(args), model_id=args.hub_model_id,
+        classifier, folder.path, (stored_logits, labels), args.min_sensitivity, trained, storage=storage, calibration=calibration,
+        test_dev=test_dev.get(storage.dtype), arguments=asdict(args), model_id=args.hub_model_id,
     )
     if args.push_to_hub:
         push_folder(folder.path, args.hub_model_id, args.hub_token)

@@ -76,5 +76,5 @@ def test_training_runs_over_the_cache_and_without_it(tmp_path, image_folder, fil
     from pneumo_hf.training import train
 
     results = train(tiny_args(tmp_path / "run", image_folder, num_train_epochs=1, per_device_train_batch_size=6, film_cache=film_cache, film_cache_dir=str(tmp_path / "cache")))
-    assert results["epochs_run"] == 1 and 0.0 <= results["validation_roc_auc"] <= 1.0
+    assert results.epochs_run == 1 and 0.0 <= results.validation["roc_auc"] <= 1.0
     assert (tmp_path / "cache").is_dir() == film_cache  # without the cache nothing is written there

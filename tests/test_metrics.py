@@ -15,7 +15,7 @@ def test_metrics_match_scikit_learn():
     predicted = SCORES >= 0.5
     assert found["accuracy"] == pytest.approx(skm.accuracy_score(LABELS, predicted))
     assert found["precision"] == pytest.approx(skm.precision_score(LABELS, predicted))
-    assert found["recall"] == pytest.approx(5 / 6)
+    assert found["sensitivity"] == pytest.approx(5 / 6)
     assert found["specificity"] == pytest.approx(3 / 4)
     assert found["f1"] == pytest.approx(skm.f1_score(LABELS, predicted))
     assert found["roc_auc"] == pytest.approx(skm.roc_auc_score(LABELS, SCORES))
@@ -33,9 +33,9 @@ def test_expected_calibration_error_by_hand():
 def test_threshold_is_most_specific_with_required_sensitivity():
     threshold = choose_threshold(LABELS, SCORES, min_sensitivity=0.8)
     found = classification_metrics(LABELS, SCORES, threshold)
-    assert found["recall"] >= 0.8
+    assert found["sensitivity"] >= 0.8
     assert threshold == pytest.approx(0.55, abs=1e-5) and threshold < 0.55  # 0.6 would drop sensitivity to 4/6; just under the film it falls on
-    assert classification_metrics(LABELS, SCORES, choose_threshold(LABELS, SCORES, 1.0))["recall"] == 1.0
+    assert classification_metrics(LABELS, SCORES, choose_threshold(LABELS, SCORES, 1.0))["sensitivity"] == 1.0
 
 
 def test_temperature_recovers_overconfidence():

@@ -48,7 +48,7 @@ def test_test_dev_figures_lead_the_card_and_match_evaluate(trained_folder, image
     results = json.loads((trained_folder / "all_results.json").read_text())
     measured = evaluate.run(evaluate.parse_args(["--model", str(trained_folder), "--data_dir", str(image_folder), "--output_json", str(tmp_path / "e.json")]))
     assert results["test_dev_confusion_matrix"] == measured["confusion_matrix"]
-    for key in ("n", "accuracy", "roc_auc", "recall", "specificity", "ece"):
+    for key in ("n", "accuracy", "roc_auc", "sensitivity", "specificity", "ece"):
         assert results[f"test_dev_{key}"] == pytest.approx(measured[key], abs=1e-6), key
     card = ModelCard.load(trained_folder / "README.md")
     assert card.text.index("## Figures on films it never saw") < card.text.index("## Validation figures")
@@ -77,13 +77,13 @@ def test_mixup_cutmix_and_intensity_augmentation_train_on_odd_batches(tmp_path, 
     original = Mixup.__call__
     monkeypatch.setattr(Mixup, "__call__", lambda self, x, target: seen.append(len(x)) or original(self, x, target))
     results = train(tiny_args(tmp_path, image_folder, num_train_epochs=1, per_device_train_batch_size=5, mixup=0.2, cutmix=1.0, intensity_aug=1.0, label_smoothing=0.1))
-    assert results["epochs_run"] == 1 and seen and all(n % 2 == 0 and n > 0 for n in seen)
+    assert results.epochs_run == 1 and seen and all(n % 2 == 0 and n > 0 for n in seen)
     assert predicts_as_its_logits(tmp_path, next((image_folder / "NORMAL").iterdir()))
 
 
 def test_transformers_vit_trains_end_to_end(tmp_path, image_folder):
     results = train(tiny_args(tmp_path, image_folder, model_name_or_path="vit", config_overrides=TINY_VIT, num_train_epochs=1))
-    assert results["epochs_run"] == 1
+    assert results.epochs_run == 1
     assert (tmp_path / "preprocessor_config.json").is_file()
     assert load_predictor(tmp_path).classifier.family == "transformers"
 
@@ -124,7 +124,7 @@ def test_save_fp16_keeps_fp32_when_outputs_move_more_than_the_tolerance(tmp_path
 def test_split_seed_fixes_the_validation_split_across_seeds(tmp_path, image_folder):
     first = train(tiny_args(tmp_path / "a", image_folder, num_train_epochs=1, seed=1, split_seed=5))
     second = train(tiny_args(tmp_path / "b", image_folder, num_train_epochs=1, seed=2, split_seed=5))
-    assert first["validation_n"] == second["validation_n"] == 6
+    assert first.validation["n"] == second.validation["n"] == 6
     assert load_file(tmp_path / "a" / "model.safetensors")["fc.weight"].ne(load_file(tmp_path / "b" / "model.safetensors")["fc.weight"]).any()
     evaluated = subprocess.run(
         [sys.executable, str(ROOT / "train" / "evaluate.py"), "--model", str(tmp_path / "b"), "--validation_split", "--output_json", str(tmp_path / "eval.json")],
@@ -132,8 +132,8 @@ def test_split_seed_fixes_the_validation_split_across_seeds(tmp_path, image_fold
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     evaluation = json.loads((tmp_path / "eval.json").read_text())
-    assert evaluation["n"] == 6 and evaluation["confusion_matrix"] == second["validation_confusion_matrix"]
-    assert evaluation["roc_auc"] == pytest.approx(second["validation_roc_auc"], abs=1e-6)
+    assert evaluation["n"] == 6 and evaluation["confusion_matrix"] == second.validation["confusion_matrix"]
+    assert evaluation["roc_auc"] == pytest.approx(second.validation["roc_auc"], abs=1e-6)
 
 
 def test_unreadable_training_images_are_skipped_and_counted(tmp_path, image_folder):
@@ -142,7 +142,7 @@ def test_unreadable_training_images_are_skipped_and_counted(tmp_path, image_fold
     (folder / "PNEUMONIA" / "person99_virus_1.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (folder / "NORMAL" / "IM-0099-0001.jpeg").write_bytes(b"")
     results = train(tiny_args(tmp_path / "out", folder, num_train_epochs=1, validation_dir=str(image_folder)))
-    assert results["skipped_images"] == 2 and results["train_images"] == 26
+    assert results.skipped_images == 2 and results.train_images == 26
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
@@ -196,8 +196,8 @@ def test_a_few_steps_on_real_xrays(tmp_path):
         output_dir=str(tmp_path), train_dir=str(REAL_DATA), model_name_or_path="efficientnet_b0", image_size=64,
         max_train_samples=96, num_train_epochs=1, per_device_train_batch_size=16, dataloader_num_workers=0,
     ))
-    assert results["train_images"] + results["validation_n"] == 96
-    assert results["skipped_images"] == 0
+    assert results.train_images + results.validation["n"] == 96
+    assert results.skipped_images == 0
     assert predicts_as_its_logits(tmp_path, next((REAL_DATA / "NORMAL").iterdir()))
 
 
@@ -307,7 +307,7 @@ def test_evaluate_measures_what_load_predictor_predicts_as_scikit_learn_counts(t
     assert measured["tta"] == list(predictor.classifier.test_time_views) and measured["n"] == len(films)
     assert measured["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
     assert measured["accuracy"] == pytest.approx(accuracy_score(labels, decided), abs=1e-9)
-    assert measured["recall"] == pytest.approx(recall_score(labels, decided), abs=1e-9)
+    assert measured["sensitivity"] == pytest.approx(recall_score(labels, decided), abs=1e-9)
 
 
 def test_the_arguments_create_nothing_on_disk_and_training_refuses_an_unwritable_folder(tmp_path, image_folder):

@@ -18,7 +18,7 @@ from pneumo_hf import metrics
 from pneumo_hf.card import write_model_card
 from pneumo_hf.data import DataError, load_evaluation_set
 from pneumo_hf.evaluation import score_split, split_loader, validation_split_of
-from pneumo_hf.folder import RESULTS, SUMMARY, ModelFolder
+from pneumo_hf.folder import ModelFolder
 from pneumo_hf.models import ModelError, PneumoniaClassifier, resolve_model_folder
 
 logger = logging.getLogger("write_card")
@@ -28,7 +28,7 @@ def score_and_plot(classifier: PneumoniaClassifier, dataset, folder: Path, prefi
     """The split's figures at the stored threshold, as `pneumo-hf evaluate` measures them, and its three plots."""
     scores, labels = score_split(classifier, split_loader(classifier, dataset))
     metrics.plot_split(labels, scores, classifier.threshold, folder, prefix, title)
-    return {f"{prefix}_{key}": value for key, value in metrics.classification_metrics(labels, scores, classifier.threshold).items()}
+    return metrics.classification_metrics(labels, scores, classifier.threshold)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -41,18 +41,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         folder = ModelFolder(resolve_model_folder(args.model))
-        if folder.read(SUMMARY) is None:
+        if folder.summary() is None:
             raise ModelError(f"{folder.path} has no training_summary.json: retrain it with train/train.py (or rebuild it with train/ensemble.py), which write one.")
         classifier = PneumoniaClassifier.from_pretrained(folder.path).eval()
-        results = folder.read(RESULTS)
+        results = folder.results()
         if args.test_dev_dir:
-            results.update(score_and_plot(classifier, load_evaluation_set(data_dir=args.test_dev_dir), folder.path, "test_dev", "Official test split, half A"))
+            results.test_dev = score_and_plot(classifier, load_evaluation_set(data_dir=args.test_dev_dir), folder.path, "test_dev", "Official test split, half A")
         if args.validation:
-            results.update(score_and_plot(classifier, validation_split_of(folder.path), folder.path, "validation", "Validation split"))
+            results.validation = score_and_plot(classifier, validation_split_of(folder.path), folder.path, "validation", "Validation split")
     except (ModelError, DataError) as error:
         logger.error("%s", error)
         return 1
-    folder.write(RESULTS, results)
+    folder.write_results(results)
     write_model_card(folder.path, args.hub_model_id)
     print(f"wrote the card of {folder.path}")
     return 0

@@ -38,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows += [(f"{name}, cross-fitted ({figures['halves']} halves)", figures) for name, figures in report["crossfit"].items()]
     rows += [(f"adapted with weight {weight}, cross-fitted", figures) for weight, figures in report["site_weights_tried"].items() if float(weight) != report["site_weight"]]
     for name, figures in rows:
-        print(f"{name:<44}{figures['accuracy']:>9.3f}{figures['roc_auc']:>9.3f}{figures['recall']:>12.3f}{figures['specificity']:>12.3f}{figures['ece']:>7.3f}{figures['ece_pneumonia']:>10.3f}")
+        print(f"{name:<44}{figures['accuracy']:>9.3f}{figures['roc_auc']:>9.3f}{figures['sensitivity']:>12.3f}{figures['specificity']:>12.3f}{figures['ece']:>7.3f}{figures['ece_pneumonia']:>10.3f}")
     print(f"votes {', '.join(f'{name} {vote:.3f}' for name, vote in report['votes'].items())}; intercept {report['intercept']:.3f}; threshold {report['threshold']:.3f}")
     print(f"wrote {args.output_dir}")
     return 0

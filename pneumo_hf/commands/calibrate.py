@@ -35,6 +35,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows += [(f"{name}, cross-fitted ({figures['halves']} halves)", figures) for name, figures in report["crossfit"].items()]
     for name, figures in rows:
         head = f"{figures['temperature']:>12.3f}{figures['intercept']:>10.3f}{figures['threshold']:>10.3f}" if "temperature" in figures else " " * 32
-        print(f"{name:<34}{head}{figures['accuracy']:>10.3f}{figures['recall']:>12.3f}{figures['specificity']:>12.3f}{figures['ece']:>7.3f}{figures['ece_pneumonia']:>10.3f}")
+        print(f"{name:<34}{head}{figures['accuracy']:>10.3f}{figures['sensitivity']:>12.3f}{figures['specificity']:>12.3f}{figures['ece']:>7.3f}{figures['ece_pneumonia']:>10.3f}")
     print(f"wrote {args.output_dir}")
     return 0

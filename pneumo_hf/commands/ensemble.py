@@ -23,7 +23,6 @@ def main(argv: Optional[Sequence[str]] = None, program: str = "pneumo-hf ensembl
     """Build the ensemble; 1 with one log line on bad input or a failed push."""
     from pneumo_hf.assembly import assemble
     from pneumo_hf.errors import UserError
-    from pneumo_hf.folder import CONFIG, ModelFolder
     from pneumo_hf.hub import push_folder
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
@@ -47,9 +46,8 @@ def main(argv: Optional[Sequence[str]] = None, program: str = "pneumo-hf ensembl
             args.members, args.output_dir, args.test_time_views, args.min_sensitivity, args.test_dev_dir, args.save_fp16, args.fp16_tolerance, args.hub_model_id,
             program=program, arguments=arguments,
         )
-        threshold = ModelFolder(args.output_dir).read(CONFIG)["decision_threshold"]
-        print(f"wrote {args.output_dir}: validation ROC-AUC {found['validation_roc_auc']:.4f}, threshold {threshold:.4f}"
-              + (f"; test_dev ROC-AUC {found['test_dev_roc_auc']:.4f}, accuracy {found['test_dev_accuracy']:.4f}" if args.test_dev_dir else ""))
+        print(f"wrote {args.output_dir}: validation ROC-AUC {found.validation['roc_auc']:.4f}, threshold {found.validation['threshold']:.4f}"
+              + (f"; test_dev ROC-AUC {found.test_dev['roc_auc']:.4f}, accuracy {found.test_dev['accuracy']:.4f}" if found.test_dev else ""))
         if args.push_to_hub:
             push_folder(args.output_dir, args.hub_model_id)  # token from HF_TOKEN or the login cache
     except UserError as error:

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def print_table(results: dict) -> None:
     print(f"{'metric':<14}value")
-    for key in ("n", "accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "ece", "threshold"):
+    for key in ("n", "accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc", "ece", "threshold"):
         value = results[key]
         print(f"{key:<14}{value if isinstance(value, int) else f'{value:.4f}'}")
     (tn, fp), (fn, tp) = results["confusion_matrix"]

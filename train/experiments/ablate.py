@@ -23,7 +23,7 @@ from pneumo_hf.folder import CHECKPOINTS, RESULTS, ModelFolder
 from pneumo_hf.metrics import mean_and_spread
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
-COLUMNS = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "recall": "sensitivity", "specificity": "specificity", "ece": "ECE"}
+COLUMNS = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "ece": "ECE"}
 
 
 def run(flags: dict, train_dir: str, output: Path) -> None:
@@ -54,9 +54,9 @@ def table(spec: dict, output_dir: Path, test_dev_dir: Optional[str] = None) -> s
     for variant in spec["variants"]:
         found = []
         for run_folder in sorted((output_dir / variant).glob("seed_*")):
-            results = ModelFolder(run_folder).read(RESULTS)
-            if results is None:
+            if ModelFolder(run_folder).results() is None:
                 continue
+            results = ModelFolder(run_folder).results().json()  # flat: validation_roc_auc, ...
             if test_dev_dir:
                 results.update(test_dev_results(run_folder, test_dev_dir))
             found.append(results)

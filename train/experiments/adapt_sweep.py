@@ -58,7 +58,7 @@ def main() -> None:
 
     def show(name: str, found: dict) -> None:
         auc, acc = found["against_stored"]["delta_roc_auc"], found["against_stored"]["delta_accuracy"]
-        print(f"{name:<40}{found['accuracy']:>9.3f}{found['roc_auc']:>9.3f}{found['recall']:>7.3f}{found['specificity']:>7.3f}{found['ece']:>7.3f}{found['ece_pneumonia']:>7.3f}"
+        print(f"{name:<40}{found['accuracy']:>9.3f}{found['roc_auc']:>9.3f}{found['sensitivity']:>7.3f}{found['specificity']:>7.3f}{found['ece']:>7.3f}{found['ece_pneumonia']:>7.3f}"
               f"   {auc[1]:+.4f} [{auc[0]:+.4f}, {auc[2]:+.4f}]  {acc[1]:+.4f} [{acc[0]:+.4f}, {acc[2]:+.4f}]")
 
     for min_sensitivity in args.min_sensitivity:

@@ -14,10 +14,10 @@ from pathlib import Path
 from pneumo_hf import load_predictor, metrics
 from pneumo_hf.data import load_evaluation_set
 from pneumo_hf.evaluation import score_split, split_loader, split_seed
-from pneumo_hf.folder import ARGUMENTS, RESULTS, SUMMARY, WEIGHTS, ModelFolder
+from pneumo_hf.folder import ARGUMENTS, WEIGHTS, ModelFolder
 from pneumo_hf.metrics import mean_and_spread
 
-FIGURES = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "recall": "sensitivity", "specificity": "specificity", "ece": "ECE"}
+FIGURES = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "ece": "ECE"}
 
 
 def latency_ms(predictor, image: str, repeats: int) -> float:
@@ -50,7 +50,8 @@ def row(folder: Path, name: str, predictor, results: dict, image: str, repeats: 
     args = model_folder.read(ARGUMENTS)
     params = sum(p.numel() for p in predictor.classifier.parameters()) / 1e6
     size = model_folder.file(WEIGHTS).stat().st_size / 2**20
-    command = (model_folder.read(SUMMARY) or {}).get("command", "").strip()
+    summary = model_folder.summary()
+    command = summary.command.strip() if summary else ""
     return (
         f"| {name} | {args['seed']} | {split_seed(args)} | " + " | ".join(f"{results[f'{split}_{k}']:.3f}" for split in splits for k in FIGURES)
         + f" | {results['validation_threshold']:.3f} | {params:.1f} M | {size:.1f} MB | {latency_ms(predictor, image, repeats):.0f} ms"
@@ -86,7 +87,7 @@ def main() -> None:
     print("| --- " * len(columns) + "|")
     named_results = []
     for folder in args.folders:
-        predictor, results = load_predictor(folder), ModelFolder(folder).read(RESULTS)
+        predictor, results = load_predictor(folder), ModelFolder(folder).results().json()  # flat: test_dev_roc_auc, ...
         if args.test_dev_dir:
             results.update(test_dev_figures(predictor, args.test_dev_dir))
         name = model_name(predictor)

@@ -138,7 +138,7 @@ def main() -> None:
     def show(name: str, blocks, rule=("sensitivity", 0.95)) -> None:
         found = crossfit(blocks, site, stored_head, args.site_weight, c, rule, stored, args.repeats)
         auc, acc = found["against_stored"]["delta_roc_auc"], found["against_stored"]["delta_accuracy"]
-        print(f"{name:<58}{found['accuracy']:>9.3f}{found['roc_auc']:>9.3f}{found['recall']:>7.3f}{found['specificity']:>7.3f}{found['ece']:>7.3f}{found['ece_pneumonia']:>7.3f}"
+        print(f"{name:<58}{found['accuracy']:>9.3f}{found['roc_auc']:>9.3f}{found['sensitivity']:>7.3f}{found['specificity']:>7.3f}{found['ece']:>7.3f}{found['ece_pneumonia']:>7.3f}"
               f"   {auc[1]:+.4f} [{auc[0]:+.4f}, {auc[2]:+.4f}]  {acc[1]:+.4f} [{acc[0]:+.4f}, {acc[2]:+.4f}]", flush=True)
 
     show(f"lite0 head (adapt's own), weight {args.site_weight:g}", [lite0])

@@ -73,7 +73,7 @@ def main() -> None:
         for share in shares:
             logit = {name: share * probe[name] + (1 - share) * others[name] if share < 1 else probe[name] for name in probe}
             found, validation_auc = decide(logit["validation"], features["validation"][1], logit["test_dev"], features["test_dev"][1], args.min_sensitivity)
-            print(f"| {Path(args.checkpoint).name} | {size} | {c:g} | {share:g} | {found['accuracy']:.3f} | {found['roc_auc']:.3f} | {found['recall']:.3f} | {found['specificity']:.3f} | {found['ece']:.3f} | {validation_auc:.3f} |")
+            print(f"| {Path(args.checkpoint).name} | {size} | {c:g} | {share:g} | {found['accuracy']:.3f} | {found['roc_auc']:.3f} | {found['sensitivity']:.3f} | {found['specificity']:.3f} | {found['ece']:.3f} | {validation_auc:.3f} |")
 
 
 if __name__ == "__main__":
