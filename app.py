@@ -35,6 +35,7 @@ from pneumo_hf.examples import EXAMPLE_FILMS, find_examples, hub_examples
 from pneumo_hf.folder import CONFIG, ModelFolder
 from pneumo_hf.imaging import IMAGE_SUFFIXES, MAX_FILE_BYTES, load_image
 from pneumo_hf.inference import DEFAULT_MODEL_DIR
+from pneumo_hf.labels import NOT_A_DEVICE
 from pneumo_hf.records import FilmRecord
 from pneumo_hf.site_check import ArchiveError, check_archive
 
@@ -134,11 +135,17 @@ def predict(file: Optional[str]) -> tuple[Prediction, str]:
     return prediction, overlay_file(prediction)
 
 
+def _with_notice(handler):
+    """The handler with `labels.NOT_A_DEVICE` where its docstring says {NOT_A_DEVICE}: MCP clients and gradio_client
+    read the docstring as the tool's description."""
+    handler.__doc__ = handler.__doc__.replace("{NOT_A_DEVICE}", NOT_A_DEVICE)
+    return handler
+
+
+@_with_notice
 def predict_film(film: str, model_name: str) -> tuple[dict[str, Any], str]:
     """NORMAL or PNEUMONIA for one frontal chest X-ray (a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM file), with a heatmap of
-    where the model looked. Not a medical device: a research model trained on frontal (anterior-posterior) chest films
-    of children aged 1 to 5 from one hospital; do not use it to diagnose or treat anyone, and expect it to fail on
-    adults, other views and other body parts.
+    where the model looked. {NOT_A_DEVICE} Expect it to fail on adults, other views and other body parts.
 
     Args:
         film: One frontal chest X-ray as a JPEG, PNG, WebP, BMP, TIFF, GIF or DICOM file (a URL or a base64 data URI).
@@ -161,10 +168,10 @@ def details(film: FileData) -> dict[str, Any]:
     return page.details_of(_predict(path, model_name, heatmap=False), get_predictor(model_name))
 
 
+@_with_notice
 def evaluate(archive: str, model_name: str) -> tuple[dict[str, Any], str]:
     """How well the model does on your own labelled chest X-rays, at its stored threshold: one .zip with NORMAL/ and
-    PNEUMONIA/ folders, or the films and a labels.csv of file,label. Not a medical device: a research model trained on
-    frontal chest films of children aged 1 to 5 from one hospital.
+    PNEUMONIA/ folders, or the films and a labels.csv of file,label. {NOT_A_DEVICE}
 
     Args:
         archive: One .zip of labelled films: NORMAL/ and PNEUMONIA/ folders at any depth (any capitalisation), or the
@@ -178,7 +185,7 @@ def evaluate(archive: str, model_name: str) -> tuple[dict[str, Any], str]:
     return check_films(archive, model_name)[:2]
 
 
-def check_films(archive: Optional[str], model_name: str, progress=gr.Progress(track_tqdm=True)) -> tuple[dict[str, Any], str, list[dict]]:
+def check_films(archive: Optional[str], model_name: str, progress=gr.Progress(track_tqdm=True)) -> tuple[dict[str, Any], str, list[FilmRecord]]:
     """The check tab: `evaluate` with a progress bar, and the films' records kept for the plots."""
     if not archive:
         raise gr.Error("Upload a .zip of labelled films first (NORMAL/ and PNEUMONIA/ folders, or films with a labels.csv).")
