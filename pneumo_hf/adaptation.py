@@ -27,7 +27,6 @@ from .data import DataError, load_evaluation_set, patient_halves
 from .domain import POOLED, DomainCheck, pooled_embedding, with_site_films
 from .errors import ArgumentError
 from .evaluation import split_loader
-from .families import EnsembleOf
 from .folder import ADAPTATION, CONFIG, SUMMARY, WEIGHTS, ModelFolder
 from .linear_probe import fit_linear_head
 from .models import ModelError, PneumoniaClassifier, resolve_model_folder
@@ -59,7 +58,7 @@ def probe_of(classifier: PneumoniaClassifier) -> tuple[nn.Module, str, list[nn.M
     """The frozen-feature member (the model itself, or an ensemble's first member), the state-dict prefix of its head,
     the other members and their specs."""
     family, backbone = classifier.adapter, classifier.backbone
-    probe, prefix, others, specs = (family.members[0], "members.0.", list(backbone.members[1:]), backbone.specs) if isinstance(family, EnsembleOf) else (family, "", [], [])
+    probe, prefix, others, specs = (family.members[0], "members.0.", list(backbone.members[1:]), backbone.specs) if family.members else (family, "", [], [])
     head = probe.head()
     if not isinstance(head, nn.Linear) or head.out_features != 2 or probe.embedding_model() is None:
         raise ModelError(f"{classifier.architecture} has no linear-probe member (a timm backbone with a Linear head) whose head adaptation could refit.")

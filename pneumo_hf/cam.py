@@ -22,7 +22,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from .families import EnsembleOf
+from .families import Family
 from .labels import LABEL2ID, POSITIVE_LABEL
 from .models import PneumoniaClassifier
 from .tta import mean_over_views, with_views
@@ -46,7 +46,7 @@ class HeatmapMaker:
         the images and their test-time `views`."""
         if self.family.pooling_head is not None:
             return self._class_activation_maps(pixel_values, views)
-        if isinstance(self.family, EnsembleOf):
+        if self.family.members:
             return self._ensemble_evidence_maps(pixel_values, views)
         maps, logits = self.grad_cam(pixel_values)
         if views:
@@ -88,14 +88,14 @@ class HeatmapMaker:
         return np.clip(np.nan_to_num(maps), 0.0, 1.0).astype(np.float32), logits
 
 
-def ensemble_evidence(ensemble: EnsembleOf, batch: torch.Tensor, count: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def ensemble_evidence(ensemble: Family, batch: torch.Tensor, count: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits of the whole batch, as `Ensemble.forward` gives them, the evidence maps of its first `count` films at
     `size` in logit units): each member's evidence (`Family.evidence`: in logit units, before any ReLU) weighted as
     the ensemble averages their logits, 1 / (members · temperature), nested ensembles likewise."""
     backbone = ensemble.backbone
     logits, evidence = [], torch.zeros(count, *size)
     for member, spec, inputs in zip(ensemble.members, backbone.specs, backbone.member_inputs(batch), strict=True):
-        if isinstance(member, EnsembleOf):
+        if member.members:
             member_logits, member_map = ensemble_evidence(member, inputs, count, size)
         else:
             member_logits, member_map = member.evidence(inputs, count)

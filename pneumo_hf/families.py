@@ -29,6 +29,7 @@ class Family:
 
     name = ""  # as the model folder's training_summary.json records it: "timm" or "transformers"
     is_cnn = False  # channels-last memory and batch-norm folding pay off
+    members: tuple[Family, ...] = ()  # an ensemble's members' adapters, in order
 
     def __init__(self, backbone: nn.Module):
         self.backbone = backbone
@@ -185,7 +186,7 @@ class EnsembleOf(_Timm):
 
     def __init__(self, backbone: nn.Module):
         super().__init__(backbone)
-        self.members = [family_of(member) for member in backbone.members]
+        self.members = tuple(family_of(member) for member in backbone.members)
 
     def head(self) -> Optional[nn.Module]:
         return None  # no single head
