@@ -123,7 +123,7 @@ def test_eight_concurrent_large_films_stay_under_3_gb(hostile_server, tmp_path):
     assert peak < 3 * 2**30, f"8 concurrent films peaked at {peak / 2**30:.2f} GB"
     assert len(answers) + len(errors) == 8
     assert all("busy" in error for error in errors), errors  # waited, or told to try again; never an error page
-    assert all(answer["decision"] in ("NORMAL", "PNEUMONIA") for answer in answers) and answers
+    assert answers and all(answer == answers[0] for answer in answers)  # one film: one answer, however many clients at once
 
 
 def test_an_oversized_body_gets_413_unread_and_unechoed(hostile_server):
