@@ -16,18 +16,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from .families import Family
 from .labels import LABEL2ID, POSITIVE_LABEL
 from .models import PneumoniaClassifier
 from .tta import mean_over_views, with_views
 
-__all__ = ["HeatmapMaker", "ensemble_evidence", "grad_cam_scaled", "overlay"]
+__all__ = ["HeatmapMaker", "grad_cam_scaled", "overlay"]
 
 POSITIVE_ID = LABEL2ID[POSITIVE_LABEL]
 
@@ -67,11 +65,11 @@ class HeatmapMaker:
 
     def _ensemble_evidence_maps(self, pixel_values: torch.Tensor, views: Sequence[str]) -> tuple[np.ndarray, torch.Tensor]:
         """The ensemble's forward pass (as `Ensemble.forward`, with the views in the batch) and the whole ensemble's
-        evidence for PNEUMONIA: each member's map in logit units (`member_evidence`), weighted as the ensemble weighs
+        evidence for PNEUMONIA (`EnsembleOf.evidence_at`): each member's map in logit units, weighted as the ensemble weighs
         its logits (1 / (members · temperature), nested ensembles likewise), summed at the input's size; then the
         positive part, scaled to [0, 1] per film."""
         count = len(pixel_values)  # no lock: no hooks, and autograd.grad leaves the shared parameters' .grad alone
-        logits, evidence = ensemble_evidence(self.family, with_views(pixel_values, views), count, tuple(pixel_values.shape[-2:]))
+        logits, evidence = self.family.evidence_at(with_views(pixel_values, views), count, tuple(pixel_values.shape[-2:]))
         return _unit_scaled(evidence.clamp(min=0).numpy()), mean_over_views(logits, count)
 
     def grad_cam(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -86,23 +84,6 @@ class HeatmapMaker:
             finally:
                 cam.activations_and_grads.release()
         return np.clip(np.nan_to_num(maps), 0.0, 1.0).astype(np.float32), logits
-
-
-def ensemble_evidence(ensemble: Family, batch: torch.Tensor, count: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits of the whole batch, as `Ensemble.forward` gives them, the evidence maps of its first `count` films at
-    `size` in logit units): each member's evidence (`Family.evidence`: in logit units, before any ReLU) weighted as
-    the ensemble averages their logits, 1 / (members · temperature), nested ensembles likewise."""
-    backbone = ensemble.backbone
-    logits, evidence = [], torch.zeros(count, *size)
-    for member, spec, inputs in zip(ensemble.members, backbone.specs, backbone.member_inputs(batch), strict=True):
-        if member.members:
-            member_logits, member_map = ensemble_evidence(member, inputs, count, size)
-        else:
-            member_logits, member_map = member.evidence(inputs, count)
-            member_map = F.interpolate(member_map[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        logits.append(member_logits)
-        evidence += member_map / (len(ensemble.members) * spec["temperature"])
-    return backbone.combine(logits), evidence
 
 
 def _unit_scaled(maps: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ convolution, pooled features, Grad-CAM layers, layer groups, how it is saved), a
 its per-architecture answers in its models' own methods. No module outside this one asks which family it holds.
 
     family = family_of(classifier.backbone)        # TimmCNN, KerasCNNFamily, TimmViT, Transformers or EnsembleOf
-    family.first_convolution(), family.pooling_head, family.cam_layers(), family.evidence(batch, count)
+    family.first_convolution(), family.pooling_head, family.cam_layers(), family.evidence(batch, count), family.members
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .labels import LABEL2ID, POSITIVE_LABEL
@@ -199,6 +200,21 @@ class EnsembleOf(_Timm):
 
     def cam_layers(self) -> tuple[list[nn.Module], ReshapeTransform]:
         return [layer for member in self.members for layer in member.cam_layers()[0]], None
+
+    def evidence_at(self, batch: torch.Tensor, count: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of the whole batch, as `Ensemble.forward` gives them, the evidence maps of its first `count` films at
+        `size` in logit units): each member's evidence (`Family.evidence`, before any ReLU; a nested ensemble's own)
+        weighted as the ensemble averages their logits, 1 / (members · temperature)."""
+        logits, evidence = [], torch.zeros(count, *size)
+        for member, spec, inputs in zip(self.members, self.backbone.specs, self.backbone.member_inputs(batch), strict=True):
+            if member.members:
+                member_logits, member_map = member.evidence_at(inputs, count, size)
+            else:
+                member_logits, member_map = member.evidence(inputs, count)
+                member_map = F.interpolate(member_map[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            logits.append(member_logits)
+            evidence += member_map / (len(self.members) * spec["temperature"])
+        return self.backbone.combine(logits), evidence
 
     def layer_groups(self) -> Optional[Callable[..., Any]]:
         return None
