@@ -171,7 +171,7 @@ class CsvSink:
             return
         self.output.parent.mkdir(parents=True, exist_ok=True)
         with open(self.part, "a", newline="") as file:
-            if file.tell() and not self.part.read_bytes().endswith(b"\n"):
+            if file.tell() and _ends_inside_a_line(self.part):
                 file.write("\n")  # after a kill mid-line: the cut line stays malformed and is dropped at the merge
             writer = csv.DictWriter(file, COLUMNS)
             if not file.tell():
@@ -199,6 +199,13 @@ class CsvSink:
         os.replace(temporary, self.output)
         for part in self.output.parent.glob(f"{self.output.name}.part-*.csv"):
             part.unlink()
+
+
+def _ends_inside_a_line(path: Path) -> bool:
+    """Whether the file's last byte is not a newline (a run killed mid-write); only that byte is read."""
+    with open(path, "rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) != b"\n"
 
 
 def written_rows(output: Path) -> dict[str, dict]:

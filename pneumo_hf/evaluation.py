@@ -101,7 +101,7 @@ def finalize(
     min_sensitivity: float,
     run: Run,
     *,
-    storage: Storage = Storage(),
+    storage: Optional[Storage] = None,
     calibration: Optional[tuple[float, float]] = None,
     test_dev: Optional[tuple[np.ndarray, np.ndarray]] = None,
     arguments: Optional[dict[str, Any]] = None,
@@ -112,9 +112,9 @@ def finalize(
 
     `validation` and `test_dev` are the (logits, labels) of the weights as stored, with the classifier's test-time views.
     Temperature and threshold are fitted on `validation` unless `calibration` gives them (training fits them on fp32
-    logits before choosing fp16). `run` is what only the caller knows (`pneumo_hf.schema.Run`). A domain check goes
+    logits before choosing fp16). `run` is what only the caller knows (`pneumo_hf.schema.Run`); `storage`, fp32 unless given. A domain check goes
     into the folder first: the card quotes it."""
-    folder = ModelFolder(output_dir)
+    folder, storage = ModelFolder(output_dir), storage or Storage()
     logits, labels = validation
     classifier.temperature, classifier.threshold = calibration or fit_calibration(logits, labels, min_sensitivity)
     classifier.intercept = 0.0  # a training run's calibration is the temperature alone (`pneumo-hf calibrate` fits Platt's)

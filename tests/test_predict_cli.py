@@ -93,6 +93,22 @@ def test_a_local_copy_of_a_hub_data_set_is_an_input(tmp_path, image_folder):
     assert first == load_predictor().predict(paths[0]).probabilities
 
 
+def test_a_row_cut_by_a_kill_is_dropped_and_the_next_rows_start_on_their_own_line(tmp_path):
+    from pneumo_hf.batch import CsvSink
+    from pneumo_hf.films import Film
+    from pneumo_hf.records import FilmRecord
+
+    output = tmp_path / "preds.csv"
+    films = [Film(name, name) for name in ("a.png", "b.png", "c.png")]
+    part = tmp_path / "preds.csv.part-0.csv"
+    part.write_text(",".join(COLUMNS) + "\n" + "a.png,,,,,,unreadable\n" + "b.png,PNEU")  # killed while writing b's row
+    sink = CsvSink(output)
+    assert sink.pending(films) == {"b.png", "c.png"}
+    sink.write([FilmRecord("b.png", error="unreadable"), FilmRecord("c.png", error="unreadable")])
+    sink.close()
+    assert [(row["path"], row["error"]) for row in rows_of(output)] == [("a.png", "unreadable"), ("b.png", "unreadable"), ("c.png", "unreadable")]
+
+
 def test_killed_run_resumes_and_writes_each_film_once(tmp_path, trained_folder):
     folder = tmp_path / "many"
     folder.mkdir()
